@@ -1,0 +1,1 @@
+"""Pydantic models of the mailshard.io custom resources: the one source of truth for the CRDs."""

@@ -1,0 +1,1 @@
+"""kopf handlers: decorators plus one call into a service each."""

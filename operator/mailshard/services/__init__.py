@@ -1,0 +1,1 @@
+"""Reconcile and failover services: the only layer that reads and writes the Kubernetes API."""
