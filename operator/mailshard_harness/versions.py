@@ -41,6 +41,7 @@ KUBERNETES_BINARIES = tuple(
     GoBinary(name, "k8s.io/kubernetes", KUBERNETES_VERSION, f"k8s.io/kubernetes/cmd/{name}")
     for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl")
 )
+KUBECTL_BINARY = next(b for b in KUBERNETES_BINARIES if b.name == "kubectl")
 KWOK_BINARY = GoBinary("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok")
 HELM_BINARY = GoBinary("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm")
 

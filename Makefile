@@ -1,0 +1,82 @@
+# Mailshard developer entry points. `make test` is the README's test command and what CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_MARKERS ?= unit or integration or mail
+
+.PHONY: help venv check lint typecheck layers crds crds-check test test-unit test-integration test-mail \
+        build-k8s cluster-up cluster-down cluster-status demo clean
+
+help:
+	@echo "make test          install what is needed, run checks and every tier this machine can run"
+	@echo "make demo          start a local control plane and apply the examples (see README)"
+	@echo "make cluster-up    start a local control plane (prints its KUBECONFIG)"
+	@echo "make cluster-down  stop it"
+	@echo "make test-unit | test-integration | test-mail   one tier"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+layers: venv
+	$(BIN)/lint-imports
+
+crds: venv
+	$(BIN)/python -m mailshard crds --write crds/
+
+crds-check: venv
+	$(BIN)/python -m mailshard crds --check crds/
+
+check: lint typecheck layers crds-check
+
+build-k8s: venv
+	$(BIN)/python -m mailshard_harness build
+
+mail-deps:
+	bash .ci/install-mail-deps
+
+# pytest exits 5 when a selection collects no test: that is not a failure of the code.
+define run_pytest
+	$(BIN)/pytest -m "$(1)" $(2); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests selected by -m '$(1)'"; exit 0; fi; exit $$rc
+endef
+
+test: check build-k8s mail-deps
+	$(call run_pytest,$(PYTEST_MARKERS),)
+
+test-unit: venv
+	$(call run_pytest,unit,)
+
+test-integration: venv build-k8s
+	$(call run_pytest,integration,)
+
+test-mail: venv mail-deps
+	$(call run_pytest,mail,)
+
+cluster-up: venv
+	$(BIN)/python -m mailshard_harness up
+
+cluster-down: venv
+	$(BIN)/python -m mailshard_harness down
+
+cluster-status: venv
+	$(BIN)/python -m mailshard_harness status
+
+demo: venv
+	bash .ci/demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,92 @@
+"""Shell entry point of the harness: build, start, inspect and stop control-plane instances."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from mailshard_harness import build, versions
+from mailshard_harness.cluster import ClusterConfig, ClusterState, ControlPlane, reap_stale, runs_root
+from mailshard_harness.errors import HarnessError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailshard-harness", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build_cmd = commands.add_parser("build", help="build (or find cached) pinned binaries and install etcd")
+    build_cmd.add_argument("--with-kubelet", action="store_true", help="also build kubelet (for the real-node tier)")
+    up = commands.add_parser("up", help="start a control plane and print its KUBECONFIG")
+    up.add_argument("--name", default="default", help="instance name (its dir is <cache>/run/<name>)")
+    up.add_argument("--nodes", type=int, default=3, help="number of KWOK nodes")
+    up.add_argument("--pods-per-node", type=int, default=1000)
+    down = commands.add_parser("down", help="stop an instance and remove its data dir")
+    down.add_argument("--name", default="default")
+    commands.add_parser("status", help="list instances and their processes")
+    commands.add_parser("reap", help="stop instances whose owner died")
+    kubeconfig = commands.add_parser("kubeconfig", help="print the kubeconfig path of an instance")
+    kubeconfig.add_argument("--name", default="default")
+    provisioner = commands.add_parser("provisioner", help="(internal) run the local-volume provisioner")
+    provisioner.add_argument("--kubeconfig", required=True)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "build":
+        started = time.monotonic()
+        wanted = versions.ALL_BINARIES if args.with_kubelet else versions.CONTROL_PLANE_BINARIES
+        for name, path in build.ensure_binaries(wanted).items():
+            print(f"{name}: {path}")
+        print(f"etcd: {build.ensure_etcd()}")
+        print(f"done in {time.monotonic() - started:.0f} s")
+    elif args.command == "up":
+        plane = ControlPlane.start(ClusterConfig(name=args.name, nodes=args.nodes, pods_per_node=args.pods_per_node))
+        print(f"export KUBECONFIG={plane.kubeconfig}")
+    elif args.command == "down":
+        directory = runs_root() / args.name
+        if ClusterState.load(directory) is None:
+            print(f"no instance named {args.name!r} (nothing to stop)")
+            return 0
+        ControlPlane.attach(directory).stop()
+        print(f"stopped {args.name}")
+    elif args.command == "status":
+        root = runs_root()
+        for directory in sorted(root.iterdir()) if root.is_dir() else []:
+            state = ClusterState.load(directory)
+            if state is None:
+                continue
+            alive = {p.name for p in state.running()}
+            owner = "shell" if state.owner_pid is None else f"pid {state.owner_pid}"
+            stale = "" if state.owner_alive() else " (STALE: owner gone)"
+            print(f"{directory.name}: {state.api_url} owner={owner}{stale} kubeconfig={state.kubeconfig}")
+            for record in state.processes:
+                print(
+                    f"  {record.name:<24} pid {record.pid:<8} {'up' if record.name in alive else 'DOWN'}  {record.log}"
+                )
+    elif args.command == "reap":
+        for directory in reap_stale():
+            print(f"reaped {directory}")
+    elif args.command == "kubeconfig":
+        print(ClusterState(directory=runs_root() / args.name).kubeconfig)
+    elif args.command == "provisioner":
+        from mailshard_harness.storage import main as provisioner_main
+
+        return provisioner_main(args.kubeconfig)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except HarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
