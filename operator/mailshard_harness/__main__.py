@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--name", default="default", help="instance name (its dir is <cache>/run/<name>)")
     up.add_argument("--nodes", type=int, default=3, help="number of KWOK nodes")
     up.add_argument("--pods-per-node", type=int, default=1000)
+    up.add_argument("--api-port", type=int, default=None, help="fixed apiserver port (default: a free one)")
     down = commands.add_parser("down", help="stop an instance and remove its data dir")
     down.add_argument("--name", default="default")
     commands.add_parser("status", help="list instances and their processes")
@@ -41,7 +42,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"etcd: {build.ensure_etcd()}")
         print(f"done in {time.monotonic() - started:.0f} s")
     elif args.command == "up":
-        plane = ControlPlane.start(ClusterConfig(name=args.name, nodes=args.nodes, pods_per_node=args.pods_per_node))
+        plane = ControlPlane.start(
+            ClusterConfig(name=args.name, nodes=args.nodes, pods_per_node=args.pods_per_node, api_port=args.api_port)
+        )
         print(f"export KUBECONFIG={plane.kubeconfig}")
     elif args.command == "down":
         directory = runs_root() / args.name

@@ -68,6 +68,8 @@ class ClusterConfig:
     pods_per_node: int = 1000
     owner_pid: int | None = None
     directory: Path | None = None
+    api_port: int | None = None
+    """A fixed apiserver port (e.g. for a stable kubeconfig); free ports are picked when None."""
 
     @property
     def instance_dir(self) -> Path:
@@ -158,6 +160,10 @@ def reap_stale(root: Path | None = None) -> list[Path]:
 
 def _remove_tree(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+    _remove_etcd_tmpfs(directory)
+
+
+def _remove_etcd_tmpfs(directory: Path) -> None:
     etcd_tmpfs = _etcd_data_dir(directory)
     if etcd_tmpfs.parent == Path("/dev/shm"):
         shutil.rmtree(etcd_tmpfs, ignore_errors=True)
@@ -240,7 +246,7 @@ class ControlPlane:
         pki = create_pki(self.directory / "pki")
         state = self.state
         state.etcd_port, etcd_peer = _free_port(), _free_port()
-        state.api_port = _free_port()
+        state.api_port = config.api_port or _free_port()
         state.save()
 
         etcd_dir = _etcd_data_dir(self.directory)
@@ -537,6 +543,9 @@ class ControlPlane:
         processes.stop(list(reversed(self.state.processes)), self.state.marker, children=self._children)
         if remove:
             _remove_tree(self.directory)
+        else:
+            # Keep the logs for reading, but never leave etcd's data in memory.
+            _remove_etcd_tmpfs(self.directory)
 
 
 def _start_failure(name: str, code: int, log: Path) -> HarnessError:
