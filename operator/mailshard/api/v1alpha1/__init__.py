@@ -1,0 +1,95 @@
+"""Version v1alpha1 of the mailshard.io API: the models of MailShard and MailCluster.
+
+Each served version lives in its own package so that a later version can be added
+beside it, with a conversion between the two, without touching this one.
+"""
+
+from mailshard.api.enums import Backend, Compression, ReplicationMode
+from mailshard.api.v1alpha1.cluster import (
+    ClusterConditionType,
+    MailCluster,
+    MailClusterSpec,
+    MailClusterStatus,
+    Protocol,
+    ProxySpec,
+    RoutingSpec,
+    TlsSpec,
+)
+from mailshard.api.v1alpha1.common import (
+    API_VERSION,
+    VERSION,
+    Condition,
+    ConditionStatus,
+    ResourceMetadata,
+    ResourceRequirements,
+)
+from mailshard.api.v1alpha1.settings import (
+    CapacityOverrides,
+    CapacitySettings,
+    FailoverOverrides,
+    FailoverSettings,
+    ReclaimPolicy,
+    ReplicationOverrides,
+    ReplicationSettings,
+    ShardDefaults,
+    StorageOverrides,
+    StorageSettings,
+)
+from mailshard.api.v1alpha1.shard import (
+    ClusterRef,
+    FailoverRecord,
+    MailShard,
+    MailShardSpec,
+    MailShardStatus,
+    MemberRole,
+    MemberStatus,
+    Placement,
+    ResolvedShard,
+    ResolvedShardSpec,
+    ShardConditionType,
+    ShardPhase,
+    member_names,
+)
+
+__all__ = [
+    "API_VERSION",
+    "VERSION",
+    "Backend",
+    "CapacityOverrides",
+    "CapacitySettings",
+    "ClusterConditionType",
+    "ClusterRef",
+    "Compression",
+    "Condition",
+    "ConditionStatus",
+    "FailoverOverrides",
+    "FailoverRecord",
+    "FailoverSettings",
+    "MailCluster",
+    "MailClusterSpec",
+    "MailClusterStatus",
+    "MailShard",
+    "MailShardSpec",
+    "MailShardStatus",
+    "MemberRole",
+    "MemberStatus",
+    "Placement",
+    "Protocol",
+    "ProxySpec",
+    "ReclaimPolicy",
+    "ReplicationMode",
+    "ReplicationOverrides",
+    "ReplicationSettings",
+    "ResolvedShard",
+    "ResolvedShardSpec",
+    "ResourceMetadata",
+    "ResourceRequirements",
+    "RoutingSpec",
+    "ShardConditionType",
+    "ShardDefaults",
+    "ShardPhase",
+    "StorageOverrides",
+    "StorageSettings",
+    "TlsSpec",
+    "member_names",
+]

@@ -1,0 +1,190 @@
+"""The MailCluster kind: the IMAP/POP3/LMTP proxies, the user-to-shard routing, and defaults for its shards.
+
+A MailCluster does not own its shards: each MailShard points at it with
+`spec.clusterRef`. What the cluster contributes to a shard is `shardDefaults`,
+merged under the shard's own settings by `MailShard.resolve`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from mailshard.api.v1alpha1.common import (
+    CONDITIONS_LIST,
+    Condition,
+    JsonSchema,
+    ResourceMetadata,
+    ResourceRequirements,
+    SpecModel,
+    StatusModel,
+    cel,
+    check_resource_name,
+    validations,
+)
+from mailshard.api.v1alpha1.settings import ShardDefaults
+from mailshard.api.v1alpha1.shard import plain
+
+KIND: Final = "MailCluster"
+
+DEFAULT_PROXY_REPLICAS: Final = 2
+DEFAULT_SLOTS: Final = 1024
+MAX_SLOTS: Final = 65536
+
+
+class Protocol(enum.StrEnum):
+    """A mail protocol the proxies serve."""
+
+    IMAP = "imap"
+    POP3 = "pop3"
+    LMTP = "lmtp"
+    MANAGESIEVE = "managesieve"
+
+
+def _unique_protocols(protocols: tuple[Protocol, ...]) -> tuple[Protocol, ...]:
+    if len(set(protocols)) != len(protocols):
+        raise ValueError(f"proxy.protocols lists a protocol twice: {[p.value for p in protocols]}")
+    return protocols
+
+
+class ProxySpec(SpecModel):
+    """The stateless proxies in front of the shards, routing each user to their shard's master."""
+
+    replicas: int = Field(default=DEFAULT_PROXY_REPLICAS, ge=0, description="Number of proxy pods.")
+    protocols: Annotated[tuple[Protocol, ...], AfterValidator(_unique_protocols)] = Field(
+        default=tuple(Protocol),
+        min_length=1,
+        description="Protocols the proxies serve: imap, pop3, lmtp, managesieve. Default: all four.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    image: str | None = Field(
+        default=None, min_length=1, description="Container image of the proxies. Unset: the operator's own."
+    )
+    resources: ResourceRequirements | None = Field(default=None, description="CPU and memory of each proxy.")
+
+
+class TlsSpec(SpecModel):
+    """TLS of the client-facing proxies."""
+
+    secret_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "A kubernetes.io/tls Secret in the cluster's namespace with the proxies' certificate and key. "
+            "Unset: the proxies offer no TLS."
+        ),
+    )
+
+
+class RoutingSpec(SpecModel):
+    """How users are mapped to shards: hashed into slots, slots assigned to shards, with overrides."""
+
+    slots: int = Field(
+        default=DEFAULT_SLOTS,
+        ge=1,
+        le=MAX_SLOTS,
+        description=(
+            "Number of hash slots users are spread over. Immutable: changing it would move almost every "
+            "user to another slot, and so to another shard."
+        ),
+        json_schema_extra=validations(
+            cel("self == oldSelf", "spec.routing.slots is immutable: changing it would move users between shards")
+        ),
+    )
+    overrides_config_map: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A ConfigMap in the cluster's namespace pinning individual users to shards.",
+    )
+
+
+_OBJECT_DEFAULT: Final[JsonSchema] = {"default": {}}
+
+
+class MailClusterSpec(SpecModel):
+    """The desired state of a mail cluster."""
+
+    proxy: ProxySpec = Field(
+        default_factory=ProxySpec, description="The client-facing proxies.", json_schema_extra=_OBJECT_DEFAULT
+    )
+    tls: TlsSpec | None = Field(default=None, description="TLS of the proxies.")
+    routing: RoutingSpec = Field(
+        default_factory=RoutingSpec, description="User-to-shard routing.", json_schema_extra=_OBJECT_DEFAULT
+    )
+    shard_defaults: ShardDefaults = Field(
+        default_factory=ShardDefaults,
+        description="Settings every MailShard of this cluster inherits unless it sets them itself.",
+        json_schema_extra=_OBJECT_DEFAULT,
+    )
+
+
+class ClusterConditionType(enum.StrEnum):
+    """The conditions of a MailCluster. Reconciling and Stalled follow kstatus."""
+
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+
+
+class MailClusterStatus(StatusModel):
+    """The observed state of a mail cluster, written only by the operator."""
+
+    shards: int | None = Field(default=None, ge=0, description="MailShards referring to this cluster.")
+    ready_shards: int | None = Field(default=None, ge=0, description="Of those, the shards that are Ready.")
+    routing_version: int | None = Field(
+        default=None, ge=0, description="Increments every time the routing table the proxies use changes."
+    )
+    proxies_ready: int | None = Field(default=None, ge=0, description="Proxy pods that are ready.")
+    conditions: tuple[Condition, ...] = Field(
+        default=(), description="Ready, Degraded, Reconciling and Stalled.", json_schema_extra=CONDITIONS_LIST
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation this status describes."
+    )
+
+    def condition(self, condition_type: str) -> Condition | None:
+        """The condition of that type, if the status has one."""
+        return next((c for c in self.conditions if c.type == condition_type), None)
+
+
+class MailCluster(BaseModel):
+    """A set of mail shards behind shared proxies that route every user to the shard holding their mail."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    api_version: Literal["mailshard.io/v1alpha1"] = "mailshard.io/v1alpha1"
+    kind: Literal["MailCluster"] = "MailCluster"
+    metadata: ResourceMetadata
+    spec: MailClusterSpec = Field(default_factory=MailClusterSpec, json_schema_extra=_OBJECT_DEFAULT)
+    status: MailClusterStatus = Field(default_factory=MailClusterStatus)
+
+    @field_validator("metadata")
+    @classmethod
+    def _name_fits_derived_names(cls, metadata: ResourceMetadata) -> ResourceMetadata:
+        check_resource_name(metadata.name, kind=KIND)
+        return metadata
+
+    @classmethod
+    def from_resource(cls, body: Mapping[str, Any]) -> MailCluster:
+        """Parse a whole MailCluster object as the API returns it.
+
+        Raises pydantic.ValidationError when the object does not match the model.
+        """
+        document = plain(body)
+        if document.get("status") is None:
+            document.pop("status", None)
+        if document.get("spec") is None:
+            document.pop("spec", None)
+        return cls.model_validate(document)

@@ -1,0 +1,68 @@
+"""Writes the generated CRDs into `crds/`, or checks that the files there are still what the models say.
+
+The generation itself is pure (`mailshard.api.crd`); this module is the thin
+file-system edge behind `python -m mailshard crds --write|--check DIR`, used by
+developers after changing a model and by CI to catch a model changed without
+regenerating.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailshard.api.crd import render_crd_files
+
+REGENERATE_HINT = "python -m mailshard crds --write crds/"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One file under the CRD directory that does not match the models."""
+
+    path: Path
+    problem: str
+    diff: str = ""
+
+    def describe(self) -> str:
+        text = f"{self.path}: {self.problem}"
+        return f"{text}\n{self.diff}" if self.diff else text
+
+
+def write_crds(directory: Path) -> list[Path]:
+    """(Re)write every generated CRD file into `directory`; returns the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, content in render_crd_files().items():
+        path = directory / name
+        path.write_text(content, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def check_crds(directory: Path) -> list[Drift]:
+    """Every difference between `directory` and the CRDs generated from the models (empty when in sync)."""
+    expected = render_crd_files()
+    drifts = []
+    for name, content in expected.items():
+        path = directory / name
+        if not path.is_file():
+            drifts.append(Drift(path, "missing"))
+            continue
+        actual = path.read_text(encoding="utf-8")
+        if actual != content:
+            diff = "".join(
+                difflib.unified_diff(
+                    actual.splitlines(keepends=True),
+                    content.splitlines(keepends=True),
+                    fromfile=f"{path} (on disk)",
+                    tofile=f"{path} (from the models)",
+                )
+            )
+            drifts.append(Drift(path, "differs from the models", diff))
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.yaml")):
+            if path.name not in expected:
+                drifts.append(Drift(path, "is not generated from any model (stale CRD?)"))
+    return drifts
