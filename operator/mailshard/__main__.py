@@ -21,8 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the operator against the current kube context")
     run.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     run.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
-    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint (empty: none)")
     run.add_argument("--standalone", action="store_true", help="no peering: this instance always acts")
+    run.add_argument("--verbose", action="store_true", help="debug logging")
     crds = commands.add_parser("crds", help="write or check the CustomResourceDefinitions generated from the models")
     mode = crds.add_mutually_exclusive_group(required=True)
     mode.add_argument("--write", metavar="DIR", type=Path, help="(re)write the CRD files into DIR")
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             namespaces=args.namespace,
             liveness=args.liveness,
             standalone=args.standalone,
+            verbose=args.verbose,
         )
     if args.command == "crds":
         return crds_command(write=args.write, check=args.check)

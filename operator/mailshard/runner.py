@@ -6,16 +6,18 @@ import asyncio
 from collections.abc import Sequence
 
 
-def run_operator(*, namespaces: Sequence[str], liveness: str, standalone: bool) -> int:
+def run_operator(*, namespaces: Sequence[str], liveness: str, standalone: bool, verbose: bool = False) -> int:
     import kopf
 
     import mailshard.handlers  # noqa: F401  (registers the handlers with kopf)
+
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
 
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,
             namespaces=list(namespaces),
-            liveness_endpoint=liveness,
+            liveness_endpoint=liveness or None,
             standalone=standalone,
         )
     )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+from operator_support import REPO, AuditLog, OperatorProcess, eventually, install_identity, kubectl
+
+from mailshard_harness.cluster import ControlPlane
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +24,42 @@ def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
 @pytest.fixture
 def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, named after it, deleted afterwards."""
-    stem = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
     name = f"{stem}-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(api_client)
     core.create_namespace({"metadata": {"name": name, "labels": {"mailshard.io/test": "true"}}})
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def crds(kubeconfig: Path, api_client: client.ApiClient) -> None:
+    """Our CRDs from crds/, applied as a user would and Established."""
+    kubectl(kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds"))
+    extensions = client.ApiextensionsV1Api(api_client)
+    for name in ("mailshards.mailshard.io", "mailclusters.mailshard.io"):
+        eventually(
+            lambda name=name: any(
+                c.type == "Established" and c.status == "True"
+                for c in extensions.read_custom_resource_definition(name).status.conditions or []
+            ),
+            what=f"CRD {name} established",
+        )
+
+
+@pytest.fixture(scope="session")
+def operator(
+    crds: None, api_client: client.ApiClient, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator running for the whole session under its least-privilege identity."""
+    directory = tmp_path_factory.mktemp("operator")
+    identity = install_identity(api_client, kubeconfig, directory)
+    process = OperatorProcess(identity, directory / "operator.log", resync_seconds=3)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def audit(harness: ControlPlane) -> AuditLog:
+    return AuditLog(harness.audit_log)

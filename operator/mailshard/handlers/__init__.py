@@ -1,1 +1,8 @@
-"""kopf handlers: decorators plus one call into a service each."""
+"""kopf handlers: decorators plus one call into a service each.
+
+Importing this package registers every handler with kopf.
+"""
+
+from mailshard.handlers import clusters, lifecycle, shards
+
+__all__ = ["clusters", "lifecycle", "shards"]

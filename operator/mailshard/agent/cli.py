@@ -1,0 +1,103 @@
+"""Command line and process wiring of the agent: ``python -m mailshard.agent``.
+
+Why this module exists: it turns arguments into ``AgentSettings``, sets up
+logging to stdout, runs the agent and its HTTP server on one event loop, and
+turns SIGTERM/SIGINT into a clean shutdown (daemon stopped, exit 0). Fatal
+start-up problems (no token, a user to run as that does not exist, a port in
+use) exit with status 2 and one line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from mailshard.agent.http import build_app
+from mailshard.agent.identity import IdentityError, resolve_run_as
+from mailshard.agent.service import Agent, AgentSettings
+
+log = logging.getLogger("mailshard.agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mailshard.agent", description="Mailshard in-pod mail agent.")
+    parser.add_argument("--config", required=True, type=Path, help="runtime config JSON of this member")
+    parser.add_argument("--role-file", required=True, type=Path, help="file holding 'master' or 'replica'")
+    parser.add_argument("--data-dir", required=True, type=Path, help="directory for config, sockets, state, mail")
+    parser.add_argument("--listen", default="0.0.0.0:8080", help="HOST:PORT of the agent API (default %(default)s)")
+    parser.add_argument("--token-file", required=True, type=Path, help="file with the API bearer token")
+    parser.add_argument("--run-as", default=None, help="user for the daemon when the agent is root (default vmail)")
+    parser.add_argument("--dovecot", default="dovecot", help="dovecot binary (default %(default)s)")
+    parser.add_argument("--doveadm", default="doveadm", help="doveadm binary (default %(default)s)")
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between observations")
+    return parser
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(settings: AgentSettings, host: str, port: int) -> int:
+    agent = Agent(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(build_app(agent), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc)
+        await runner.cleanup()
+        return 2
+    log.info("agent API on http://%s:%d", host, port)
+    await agent.start()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await agent.stop()
+        await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        host, port = _split_listen(args.listen)
+        token = args.token_file.read_text(encoding="utf-8").strip()
+        if not token:
+            raise ValueError(f"token file {args.token_file} is empty")
+        run_as = resolve_run_as(args.run_as)
+    except (OSError, ValueError, IdentityError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    settings = AgentSettings(
+        config_path=args.config,
+        role_file=args.role_file,
+        data_dir=args.data_dir.absolute(),
+        token=token,
+        run_as=run_as,
+        dovecot_binary=args.dovecot,
+        doveadm_binary=args.doveadm,
+        poll_interval=args.poll_interval,
+    )
+    return asyncio.run(serve(settings, host, port))

@@ -1,0 +1,76 @@
+"""Runs ``doveadm`` against the member's own Dovecot and returns parsed results.
+
+Why this module exists: every fact the agent reports about mailboxes and
+replication comes from a real doveadm command, run here with a timeout, as the
+daemon's user, against the rendered configuration. Parsing lives in
+``observe.py`` so that it is testable without a daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from mailshard.agent.identity import RunAs
+from mailshard.agent.observe import (
+    MAILBOX_STATUS_FIELDS,
+    MailboxState,
+    ReplicatorUser,
+    parse_mailbox_status,
+    parse_replicator_status,
+)
+
+
+class DoveadmError(RuntimeError):
+    pass
+
+
+class Doveadm:
+    def __init__(self, binary: str, conf: Path, run_as: RunAs, *, timeout: float = 15.0) -> None:
+        self.binary = binary
+        self.conf = conf
+        self.run_as = run_as
+        self.timeout = timeout
+
+    async def run(self, *args: str, json_output: bool = True) -> str:
+        argv = [self.binary, "-c", str(self.conf)]
+        if json_output:
+            argv += ["-f", "json"]
+        argv += list(args)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                **self.run_as.spawn_kwargs(),  # type: ignore[arg-type]
+            )
+        except FileNotFoundError:
+            raise DoveadmError(f"doveadm binary {self.binary!r} not found") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise DoveadmError(f"doveadm {' '.join(args)} timed out after {self.timeout:.0f}s") from None
+        if proc.returncode != 0:
+            message = err.decode(errors="replace").strip().splitlines()
+            raise DoveadmError(
+                f"doveadm {' '.join(args)} exited {proc.returncode}: {message[-1] if message else 'no output'}"
+            )
+        return out.decode(errors="replace")
+
+    async def mailbox_status(self) -> tuple[MailboxState, ...]:
+        """Every mailbox of every user (the userdb is iterated)."""
+        text = await self.run("mailbox", "status", "-A", " ".join(MAILBOX_STATUS_FIELDS), "*")
+        return parse_mailbox_status(text)
+
+    async def replicator_status(self) -> tuple[ReplicatorUser, ...]:
+        return parse_replicator_status(await self.run("replicator", "status", "*"))
+
+    async def replicate(self, user_mask: str = "*", *, full: bool = False) -> None:
+        """Ask the replicator to sync users now (a nudge after the peer comes back)."""
+        args = ["replicator", "replicate", "-p", "high"]
+        if full:
+            args.append("-f")
+        await self.run(*args, user_mask, json_output=False)

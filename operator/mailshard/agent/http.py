@@ -1,0 +1,86 @@
+"""The agent's HTTP API (aiohttp).
+
+Why this module exists: it is the only way the operator (and a human) asks a
+member what it is and tells it what to become. Routes are thin: they check the
+bearer token and call the ``Agent``.
+
+- ``GET /healthz``: no auth; 200 when the daemon is up, 503 otherwise.
+- ``GET /metrics``: no auth (no user data in it); Prometheus text format.
+- ``GET /status``: bearer token; the full snapshot (it names users).
+- ``POST /promote`` (``?force=true`` to promote while the peer claims master),
+  ``/demote``, ``/fence``, ``/unfence``: bearer token; 200 with the new
+  status, 409 when the change is refused, 401 without a valid token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from mailshard.agent.decide import Action
+from mailshard.agent.metrics import CONTENT_TYPE
+from mailshard.agent.service import Agent
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+AGENT_KEY = web.AppKey("agent", Agent)
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    return scheme.lower() == "bearer" and bool(token) and hmac.compare_digest(presented.strip(), token)
+
+
+def _require_token(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        agent = request.app[AGENT_KEY]
+        if not _authorized(request, agent.settings.token):
+            return web.json_response(
+                {"error": "missing or invalid bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="mailshard-agent"'},
+            )
+        return await handler(request)
+
+    return wrapped
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    agent = request.app[AGENT_KEY]
+    up = agent.supervisor.up
+    return web.json_response({"daemonUp": up, "mode": agent.mode.value}, status=200 if up else 503)
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    agent = request.app[AGENT_KEY]
+    body = agent.metrics.render() if agent.metrics is not None else b""
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@_require_token
+async def status(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[AGENT_KEY].status())
+
+
+def _action_handler(action: Action) -> Handler:
+    @_require_token
+    async def handler(request: web.Request) -> web.StreamResponse:
+        force = request.query.get("force", "").lower() in {"1", "true", "yes"}
+        code, body = await request.app[AGENT_KEY].act(action, force=force)
+        return web.json_response(body, status=code)
+
+    return handler
+
+
+def build_app(agent: Agent) -> web.Application:
+    app = web.Application()
+    app[AGENT_KEY] = agent
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    for action in Action:
+        app.router.add_post(f"/{action.value}", _action_handler(action))
+    return app

@@ -1,0 +1,57 @@
+"""Prometheus metrics of one agent, in a registry of its own.
+
+Why this module exists: the numbers an operator alerts on (daemon up, serving
+mode, lag, last successful sync, restarts) are defined once here. Each agent
+gets its own ``CollectorRegistry`` rather than the global one, so several
+agents can live in one process (tests) without clashing.
+"""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from mailshard.backends import ServingMode
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class AgentMetrics:
+    def __init__(self, shard: str, member: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"shard": shard, "member": member}
+        names = list(labels)
+        self._labels = labels
+        self.daemon_up = Gauge(
+            "mailshard_daemon_up", "1 when the mail daemon runs and has started.", names, registry=self.registry
+        ).labels(**labels)
+        self.mode = Gauge(
+            "mailshard_serving_mode",
+            "1 for the mode this member serves in (master, replica or fenced), 0 for the others.",
+            [*names, "mode"],
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "mailshard_replication_lag_seconds",
+            "Age of the oldest change the replica lacks, as first observed (NaN when unknown).",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.last_sync = Gauge(
+            "mailshard_replication_last_success_timestamp_seconds",
+            "Unix time of the most recent successful dsync of any user reported by the replicator.",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.restarts = Counter(
+            "mailshard_daemon_restarts", "Times the daemon was restarted after it died.", names, registry=self.registry
+        ).labels(**labels)
+        self.lag.set(math.nan)
+
+    def set_mode(self, mode: ServingMode) -> None:
+        for candidate in ServingMode:
+            self.mode.labels(**self._labels, mode=candidate.value).set(1 if candidate is mode else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

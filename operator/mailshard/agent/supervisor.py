@@ -1,0 +1,170 @@
+"""Starts, watches and stops one foreground daemon process (``dovecot -F``).
+
+Why this module exists: in a pod the agent is PID 1's only child that matters,
+so it must do what an init would: start the daemon in its own process group,
+forward its output to our stdout, restart it with exponential backoff when it
+dies, say clearly when the binary is missing, and on shutdown stop it with
+SIGTERM, then SIGKILL the whole group if it lingers, so no child survives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mailshard.agent.identity import RunAs
+
+log = logging.getLogger("mailshard.agent.supervisor")
+daemon_log = logging.getLogger("mailshard.agent.daemon")
+
+
+class DaemonSupervisor:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        run_as: RunAs,
+        pid_file: Path,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        stop_timeout: float = 15.0,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.run_as = run_as
+        self.pid_file = pid_file
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.stop_timeout = stop_timeout
+        self.on_restart = on_restart
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.last_exit: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    @property
+    def up(self) -> bool:
+        """The process runs and has written its pid file (Dovecot does so once its listeners are set up)."""
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            return int(self.pid_file.read_text().strip()) == pid
+        except (OSError, ValueError):
+            return False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="daemon-supervisor")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self._terminate()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        self.start()
+
+    async def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.stop_timeout)
+        except TimeoutError:
+            log.warning("daemon pid %d ignored SIGTERM for %.0fs; killing its group", proc.pid, self.stop_timeout)
+        # Whatever is left in the group (the daemon's children) goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+    def _kill_stale(self) -> None:
+        """A daemon left over from a crashed agent holds the pid file and the ports: end it."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if self.argv[-1].encode() in cmdline:
+            log.warning("stopping a stale daemon (pid %d) left by a previous agent", pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    async def _forward(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            daemon_log.info("%s", line.decode(errors="replace").rstrip())
+
+    async def _run(self) -> None:
+        backoff = self.initial_backoff
+        first = True
+        while not self._stopping.is_set():
+            if not first:
+                self.restarts += 1
+                if self.on_restart is not None:
+                    self.on_restart()
+            first = False
+            self._kill_stale()
+            started = time.monotonic()
+            try:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *self.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                    **self.run_as.spawn_kwargs(),  # type: ignore[arg-type]
+                )
+            except (FileNotFoundError, PermissionError) as exc:
+                self.last_error = f"cannot start {self.argv[0]!r}: {exc.strerror or exc}"
+                log.error("%s; retrying in %.1fs", self.last_error, backoff)
+            else:
+                self.last_error = None
+                log.info("started %s (pid %d)", " ".join(self.argv), self._proc.pid)
+                if self._stopping.is_set():  # stop() ran while we were spawning
+                    with contextlib.suppress(ProcessLookupError):
+                        self._proc.send_signal(signal.SIGTERM)
+                assert self._proc.stdout is not None
+                forward = asyncio.create_task(self._forward(self._proc.stdout))
+                code = await self._proc.wait()
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(forward, 2)
+                self.last_exit = code
+                if self._stopping.is_set():
+                    log.info("daemon stopped (exit %d)", code)
+                    return
+                self.last_error = f"daemon exited unexpectedly with status {code}"
+                if time.monotonic() - started > 60:
+                    backoff = self.initial_backoff
+                log.error("%s; restarting in %.1fs", self.last_error, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            backoff = min(backoff * 2, self.max_backoff)

@@ -1,0 +1,265 @@
+"""Renders a complete, self-contained Dovecot 2.3 configuration for one member.
+
+Why this module exists: the agent must turn (runtime config, serving mode,
+local paths) into the files Dovecot reads, and that mapping is the heart of the
+data plane. It is kept pure (data in, ``{filename: content}`` out, no I/O) so
+that it can be tested by value and so that a role change is nothing more than a
+re-render.
+
+The rendered daemon runs as ``dovecot -F -c <dir>/dovecot.conf`` in the
+foreground, with no systemd and nothing read from ``/etc/dovecot``. Every path
+(``base_dir``, ``state_dir``, mail, auth sockets) lives under the member's own
+directories and every listener binds one address, so two members can share one
+machine on loopback ports. It logs to stderr, which the agent forwards.
+
+**One unprivileged user.** The daemon runs entirely as one non-root user (the
+container's user in a pod; a dedicated system user in tests when the agent is
+root): it is the internal user, the login user and the mail owner, and no
+service chroots (chroot needs root). This is Dovecot's documented non-root
+mode, and it is what a restricted pod security profile allows.
+
+**Users.** Both the passdb and the userdb are one passwd-file
+(``user:{SCHEME}hash::::::``). The replicator must be able to *iterate* users
+to schedule full syncs, which passwd-file supports. In a cluster the file is a
+key of a Secret mounted read-only into both members, so both sides see the same
+users.
+
+**Mailbox format: Maildir.** dsync handles Maildir and mdbox equally well, but
+they differ in where UIDs live. Maildir keeps every message's UID and the
+folder's UIDVALIDITY in ``dovecot-uidlist``, a small file beside the messages,
+so losing or rebuilding the indexes never renumbers messages; mdbox keeps UIDs
+only in its indexes, so index loss on one side means a resync with new UIDs,
+which IMAP clients see as a full re-download. One file per message also makes
+a replica easy to inspect and to repair by hand. The cost is one inode per
+message; mdbox can be added behind the same renderer if that ever matters.
+Optional ``zlib`` compression (gzip, level 6) shrinks the files on disk;
+both members must agree on it, which the shared runtime config guarantees.
+
+**How each mode refuses what it must not do** (see ``ServingMode``):
+
+- master: IMAP, POP3, LMTP and ManageSieve listeners; the replication plugin
+  notifies the replicator after every change, which pushes it to the peer's
+  doveadm server (``mail_replica = tcp:peer:port``).
+- replica: only the doveadm listener (replication in) and IMAP. LMTP, POP3 and
+  ManageSieve are not listening at all, so deliveries are refused at connect.
+  IMAP logins work but every mailbox is read-only: the ACL plugin, loaded for
+  the ``imap`` protocol only (so dsync is not restricted), grants the owner
+  ``lr`` (lookup, read) and nothing else, so STORE, APPEND, EXPUNGE, CREATE and
+  friends fail with ``NO [NOPERM]``. This lets operators and tests read a
+  replica over plain IMAP. The replica keeps its own replicator pointed at the
+  master (the configuration is symmetric), so when an old master rejoins as a
+  replica anything only it had is merged back by dsync.
+- fenced, or a member whose role is unknown: ``protocols = none`` and no
+  doveadm listener, so it accepts nothing from the network, neither clients
+  nor replication; no replication plugin, so it pushes nothing. Only the local
+  doveadm socket remains, for status.
+
+Replication is asynchronous: ``replication_sync_timeout`` (synchronous commit
+to the peer) makes the 2.3.19 replicator panic, so it is never rendered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailshard.backends.config import MemberRuntimeConfig
+from mailshard.backends.modes import ReplicationStrategy, ServingMode
+
+CONF_FILE = "dovecot.conf"
+REPLICA_ACL_FILE = "replica-readonly.acl"
+
+# Services whose built-in default chroots; chroot needs root, so non-root mode blanks them all.
+_CHROOTED_SERVICES = (
+    "aggregator",
+    "anvil",
+    "director",
+    "imap-login",
+    "imap-urlauth-login",
+    "ipc",
+    "managesieve-login",
+    "old-stats",
+    "pop3-login",
+    "submission-login",
+)
+
+_PROTOCOLS = {
+    ServingMode.MASTER: "imap pop3 lmtp sieve",
+    ServingMode.REPLICA: "imap",
+    ServingMode.FENCED: "none",
+}
+
+
+@dataclass(frozen=True)
+class InstancePaths:
+    """Where one member keeps its runtime files. All absolute."""
+
+    conf_dir: Path
+    """Where the rendered files are written."""
+    base_dir: Path
+    """Dovecot's ``base_dir``: sockets and the master pid. Keep it short (socket paths max 107 bytes)."""
+    state_dir: Path
+    """Dovecot's ``state_dir``: the replicator's state among others."""
+    mail_dir: Path
+    """One home directory per user below it, each with a ``Maildir``."""
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """The one non-root user (and group) that the whole daemon runs as."""
+
+    user: str
+    group: str
+
+
+def _quote(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"configuration values cannot contain line breaks: {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _doveadm_password_line(config: MemberRuntimeConfig) -> str:
+    if config.doveadm_password_file is not None:
+        # "<file" makes Dovecot read the value from the file: the secret stays out of the config.
+        path = str(config.doveadm_password_file)
+        if "\n" in path or " " in path:
+            raise ValueError(f"doveadm password file path must not contain spaces: {path!r}")
+        return f"doveadm_password = <{path}"
+    assert config.doveadm_password is not None  # guaranteed by the model validator
+    return f"doveadm_password = {_quote(config.doveadm_password.get_secret_value())}"
+
+
+def _listener(name: str, port: int) -> list[str]:
+    return [f"  inet_listener {name} {{", f"    port = {port}", "  }"]
+
+
+def render_dovecot(
+    config: MemberRuntimeConfig,
+    mode: ServingMode,
+    *,
+    paths: InstancePaths,
+    identity: ProcessIdentity,
+    strategy: ReplicationStrategy = ReplicationStrategy.REPLICATOR,
+) -> dict[str, str]:
+    """Render the files one member's Dovecot needs, keyed by file name within ``paths.conf_dir``."""
+    if strategy is not ReplicationStrategy.REPLICATOR:  # pragma: no cover - one strategy today
+        raise ValueError(f"unsupported replication strategy {strategy}")
+    if mode is not ServingMode.FENCED and config.peer is None:
+        raise ValueError("a master or replica needs a peer to replicate with")
+    replicating = mode is not ServingMode.FENCED
+    users = str(config.users_file)
+    mail_plugins = ["notify", "replication"] if replicating else []
+    if config.compression:
+        mail_plugins.append("zlib")
+
+    lines: list[str] = [
+        f"# Rendered by mailshard for shard {config.shard}, member {config.member}, mode {mode}. Do not edit.",
+        f"instance_name = {_quote(f'mailshard-{config.shard}-{config.member}')}",
+        f"base_dir = {_quote(str(paths.base_dir))}",
+        f"state_dir = {_quote(str(paths.state_dir))}",
+        "log_path = /dev/stderr",
+        "info_log_path = /dev/stderr",
+        'log_timestamp = ""',
+        f"protocols = {_PROTOCOLS[mode]}",
+        f"listen = {config.listen_address}",
+        "shutdown_clients = yes",
+        "",
+        "# Non-root mode: one user is the internal user, the login user and the mail owner.",
+        f"default_internal_user = {identity.user}",
+        f"default_internal_group = {identity.group}",
+        f"default_login_user = {identity.user}",
+        f"mail_uid = {identity.user}",
+        f"mail_gid = {identity.group}",
+        "first_valid_uid = 1",
+        "",
+        "ssl = no",
+        "disable_plaintext_auth = no",
+        "auth_mechanisms = plain login",
+        "",
+        f"mail_home = {_quote(str(paths.mail_dir) + '/%Lu')}",
+        "mail_location = maildir:~/Maildir",
+        f"mail_plugins = {' '.join(mail_plugins)}".rstrip(),
+        "",
+        "passdb {",
+        "  driver = passwd-file",
+        f"  args = username_format=%Lu {users}",
+        "}",
+        "userdb {",
+        "  driver = passwd-file",
+        f"  args = username_format=%Lu {users}",
+        "}",
+        "",
+    ]
+    for service in _CHROOTED_SERVICES:
+        extra: list[str] = []
+        if service == "imap-login":
+            extra = _listener("imap", config.ports.imap) + _listener("imaps", 0)
+        elif service == "pop3-login":
+            extra = _listener("pop3", config.ports.pop3) + _listener("pop3s", 0)
+        elif service == "managesieve-login":
+            extra = _listener("sieve", config.ports.managesieve)
+        elif service == "aggregator":
+            extra = [
+                "  fifo_listener replication-notify-fifo {",
+                f"    user = {identity.user}",
+                "    mode = 0600",
+                "  }",
+                "  unix_listener replication-notify {",
+                f"    user = {identity.user}",
+                "    mode = 0600",
+                "  }",
+            ]
+        lines += [f"service {service} {{", "  chroot =", *extra, "}"]
+    lines += ["service lmtp {", *_listener("lmtp", config.ports.lmtp), "}"]
+    lines += [
+        "protocol lmtp {",
+        "  mail_plugins = $mail_plugins sieve",
+        "}",
+        "plugin {",
+        "  sieve = file:~/sieve;active=~/.dovecot.sieve",
+        "}",
+    ]
+
+    # doveadm: always the local socket (status); over TCP only while replication may flow in.
+    lines += ["service doveadm {"]
+    if replicating:
+        lines += ["  inet_listener {", f"    port = {config.ports.doveadm}", "  }"]
+    lines += ["}", _doveadm_password_line(config)]
+
+    if replicating:
+        assert config.peer is not None
+        lines += [
+            "",
+            "# Asynchronous replication: every change is pushed to the peer by the replicator.",
+            "service replicator {",
+            "  process_min_avail = 1",
+            "  unix_listener replicator-doveadm {",
+            f"    user = {identity.user}",
+            "    mode = 0600",
+            "  }",
+            "}",
+            "replication_max_conns = 10",
+            "replication_full_sync_interval = 1 hours",
+            "plugin {",
+            f"  mail_replica = tcp:{config.peer.host}:{config.peer.doveadm_port}",
+            "}",
+        ]
+    if mode is ServingMode.REPLICA:
+        lines += [
+            "",
+            "# Read-only IMAP on the replica: the owner may look up and read, nothing else.",
+            "protocol imap {",
+            "  mail_plugins = $mail_plugins acl imap_acl",
+            "}",
+            "plugin {",
+            f"  acl = vfile:{paths.conf_dir / REPLICA_ACL_FILE}",
+            "  acl_globals_only = yes",
+            "}",
+        ]
+    if config.compression:
+        lines += ["", "plugin {", "  zlib_save = gz", "  zlib_save_level = 6", "}"]
+
+    return {
+        CONF_FILE: "\n".join(lines) + "\n",
+        REPLICA_ACL_FILE: "* owner lr\n",
+    }

@@ -1,0 +1,42 @@
+"""The operator's services wired together once at start-up and shared by every handler.
+
+Handlers stay thin (a decorator and one call) by finding everything they need
+here, on kopf's memo. Tests build the same object against their own API client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailshard.services.cluster import ClusterReconciler
+from mailshard.services.events import EventRecorder
+from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.shard import ShardReconciler
+
+
+@dataclass
+class Platform:
+    """Every service of the operator, built around one API client."""
+
+    api: KubeApi
+    events: EventRecorder
+    shards: ShardReconciler
+    clusters: ClusterReconciler
+
+    @classmethod
+    def build(cls, api: KubeApi) -> Platform:
+        events = EventRecorder(api)
+        return cls(api=api, events=events, shards=ShardReconciler(api, events), clusters=ClusterReconciler(api))
+
+    def cluster_changed(self, namespace: str, name: str) -> None:
+        """A cluster's spec (its shard defaults) changed or it appeared: its shards, then its status."""
+        for shard in self.shards_of(namespace, name):
+            self.shards.reconcile(namespace, shard["metadata"]["name"])
+        self.clusters.reconcile(namespace, name)
+
+    def shards_of(self, namespace: str, cluster: str) -> list[Manifest]:
+        return [
+            shard
+            for shard in self.api.list("MailShard", namespace)
+            if ((shard.get("spec") or {}).get("clusterRef") or {}).get("name") == cluster
+        ]

@@ -1,0 +1,396 @@
+"""Reconciles one MailShard into its pair of members: level-based, idempotent, write-free when nothing changed.
+
+Every trigger (the shard's own spec changing, a periodic resync, any change to
+an object the shard owns) runs the same `reconcile`: read the shard afresh,
+work out what should exist, compare it with what does, and write only the
+difference. So a missed trigger is repaired by the next one, a manually edited
+or deleted child is put back, and an unchanged shard costs reads only.
+
+A spec that passes the schema but cannot be acted on (no MailCluster, a
+StorageClass that does not exist, a storage size below what is provisioned)
+becomes a Stalled condition and a Warning Event; the shard is retried on the
+next resync and every other shard keeps being served.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import pydantic
+
+from mailshard import __version__
+from mailshard.api.constants import LABEL_ROLE, LABEL_SHARD
+from mailshard.api.quantity import parse_quantity
+from mailshard.api.v1alpha1 import (
+    MailCluster,
+    MailShard,
+    MailShardStatus,
+    MemberRole,
+    ResolvedShard,
+    ShardConditionType,
+    ShardPhase,
+    member_names,
+)
+from mailshard.builders import (
+    BackendImages,
+    MemberObservation,
+    Problem,
+    ShardCredentials,
+    ShardObservation,
+    build_replication_secret,
+    build_shard_manifests,
+    compute_shard_status,
+    failed_status,
+)
+from mailshard.builders.drift import contains, differences
+from mailshard.builders.names import pod_name, replication_secret_name, volume_claim_name
+from mailshard.services.events import EventRecorder, EventType
+from mailshard.services.kube import KubeApi, Manifest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE_CLASS_ANNOTATION: Final = "storageclass.kubernetes.io/is-default-class"
+
+
+class UnactionableSpecError(Exception):
+    """The shard's spec cannot be acted on; carries the condition reason and message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.problem = Problem(reason=reason, message=message)
+
+
+@dataclass
+class _Serialiser:
+    """One reconcile per shard at a time; triggers that arrive meanwhile coalesce into one re-run."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: bool = False
+    again: bool = False
+
+
+class ShardReconciler:
+    """Brings shards to their desired state. Safe to call from any thread, any number of times."""
+
+    def __init__(self, api: KubeApi, events: EventRecorder, *, images: BackendImages | None = None) -> None:
+        self.api = api
+        self.events = events
+        self.images = images or BackendImages.for_version(__version__)
+        self._serialisers: dict[tuple[str, str], _Serialiser] = {}
+        self._serialisers_lock = threading.Lock()
+
+    # ------------------------------------------------------------ triggers
+
+    def reconcile(self, namespace: str, name: str) -> MailShardStatus | None:
+        """Reconcile the shard now, or make the reconcile already running for it go round once more."""
+        serialiser = self._serialiser(namespace, name)
+        with serialiser.lock:
+            if serialiser.running:
+                serialiser.again = True
+                return None
+            serialiser.running = True
+        try:
+            while True:
+                status = self._reconcile_once(namespace, name)
+                with serialiser.lock:
+                    if not serialiser.again:
+                        serialiser.running = False
+                        return status
+                    serialiser.again = False
+        except BaseException:
+            with serialiser.lock:
+                serialiser.running = serialiser.again = False
+            raise
+
+    def _serialiser(self, namespace: str, name: str) -> _Serialiser:
+        with self._serialisers_lock:
+            return self._serialisers.setdefault((namespace, name), _Serialiser())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._serialisers_lock:
+            self._serialisers.pop((namespace, name), None)
+
+    # ----------------------------------------------------------- reconcile
+
+    def _reconcile_once(self, namespace: str, name: str) -> MailShardStatus | None:
+        body = self.api.get("MailShard", name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        previous = _stored_status(body)
+        now = datetime.datetime.now(datetime.UTC)
+        generation = int(body["metadata"].get("generation", 0))
+        try:
+            shard = self._resolve(body)
+            master = self._choose_master(shard, previous)
+            self._ensure_secret(shard)
+            created, reverted = self._ensure_children(shard, master)
+            self._ensure_volume_sizes(shard)
+            self._ensure_pod_roles(shard, master)
+            observation = self._observe(shard, master, previous)
+            status = compute_shard_status(observation, previous=previous, now=now)
+        except UnactionableSpecError as failure:
+            status = failed_status(previous, generation=generation, problem=failure.problem, now=now)
+            created, reverted = [], []
+        self._report(body, previous, status, created=created, reverted=reverted)
+        self._write_status(body, previous, status)
+        return status
+
+    def _resolve(self, body: Manifest) -> ResolvedShard:
+        try:
+            shard = MailShard.from_resource(body)
+        except pydantic.ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise UnactionableSpecError("InvalidSpec", f"{where}: {first['msg']}") from error
+        ref = shard.spec.cluster_ref
+        if ref is None:
+            raise UnactionableSpecError(
+                "ClusterRefMissing",
+                "spec.clusterRef is required: a shard serves users only through a MailCluster's proxies",
+            )
+        cluster_body = self.api.get("MailCluster", ref.name, shard.metadata.namespace)
+        if cluster_body is None:
+            raise UnactionableSpecError(
+                "ClusterNotFound",
+                f"MailCluster {ref.name!r} (spec.clusterRef) does not exist in namespace {shard.metadata.namespace}",
+            )
+        try:
+            cluster = MailCluster.from_resource(cluster_body)
+        except pydantic.ValidationError as error:
+            raise UnactionableSpecError(
+                "ClusterInvalid", f"MailCluster {ref.name!r} cannot be parsed: {error}"
+            ) from error
+        resolved = shard.resolve(cluster.spec.shard_defaults)
+        self._check_storage_class(resolved)
+        return resolved
+
+    def _check_storage_class(self, shard: ResolvedShard) -> None:
+        wanted = shard.spec.storage.storage_class_name
+        if wanted is not None:
+            if self.api.get("StorageClass", wanted) is None:
+                raise UnactionableSpecError(
+                    "StorageClassNotFound", f"StorageClass {wanted!r} (spec.storage.storageClassName) does not exist"
+                )
+            return
+        classes = self.api.list("StorageClass")
+        if not any(
+            (c["metadata"].get("annotations") or {}).get(DEFAULT_STORAGE_CLASS_ANNOTATION) == "true" for c in classes
+        ):
+            raise UnactionableSpecError(
+                "NoDefaultStorageClass",
+                "spec.storage.storageClassName is unset and the cluster has no default StorageClass",
+            )
+
+    @staticmethod
+    def _choose_master(shard: ResolvedShard, previous: MailShardStatus | None) -> str:
+        """The master recorded in status, else the first member (a new pair)."""
+        if previous is not None and previous.master in shard.members:
+            return previous.master
+        return shard.members[0]
+
+    def _ensure_secret(self, shard: ResolvedShard) -> None:
+        """Create the credentials once; an existing Secret is never rewritten (see builders.secret)."""
+        name = replication_secret_name(shard.name)
+        if self.api.get("Secret", name, shard.namespace) is not None:
+            return
+        credentials = ShardCredentials(
+            replication_password=secrets.token_urlsafe(32), agent_token=secrets.token_urlsafe(32)
+        )
+        self.api.create(build_replication_secret(shard, credentials))
+
+    def _ensure_children(self, shard: ResolvedShard, master: str) -> tuple[list[str], list[str]]:
+        """Apply each child that is missing or differs; returns (created, reverted) descriptions."""
+        created: list[str] = []
+        reverted: list[str] = []
+        for manifest in build_shard_manifests(shard, master=master, images=self.images).in_apply_order():
+            kind, child = manifest["kind"], manifest["metadata"]["name"]
+            live = self.api.get(kind, child, shard.namespace)
+            wanted = manifest
+            if live is not None and kind == "StatefulSet":
+                wanted = _keep_immutable_statefulset_fields(manifest, live)
+            if live is not None and contains(live, wanted):
+                continue
+            if live is None:
+                created.append(f"{kind}/{child}")
+            else:
+                drifted = differences(live, wanted)
+                reverted.append(f"{kind}/{child} ({', '.join(drifted[:3])})")
+            self.api.apply(wanted)
+        return created, reverted
+
+    def _ensure_volume_sizes(self, shard: ResolvedShard) -> None:
+        """Grow member claims to the spec's size; volumeClaimTemplates themselves are immutable."""
+        wanted = shard.spec.storage.size
+        for member in shard.members:
+            claim = self.api.get("PersistentVolumeClaim", volume_claim_name(member), shard.namespace)
+            if claim is None:
+                continue
+            current = claim["spec"]["resources"]["requests"]["storage"]
+            if parse_quantity(wanted) > parse_quantity(current):
+                self.api.merge_patch(
+                    "PersistentVolumeClaim",
+                    claim["metadata"]["name"],
+                    shard.namespace,
+                    {"spec": {"resources": {"requests": {"storage": str(wanted)}}}},
+                )
+            elif parse_quantity(wanted) < parse_quantity(current):
+                raise UnactionableSpecError(
+                    "StorageShrinkRefused",
+                    f"storage size {wanted} is below the {current} already provisioned for {member}; "
+                    "volumes can only grow",
+                )
+
+    def _ensure_pod_roles(self, shard: ResolvedShard, master: str) -> None:
+        """Live pods carry the role the operator decided (templates only reach new pods: OnDelete)."""
+        for pod in self._pods(shard):
+            member = _member_of(pod, shard)
+            if member is None:
+                continue
+            role = MemberRole.MASTER if member == master else MemberRole.REPLICA
+            if (pod["metadata"].get("labels") or {}).get(LABEL_ROLE) != role.value:
+                self.api.merge_patch(
+                    "Pod", pod["metadata"]["name"], shard.namespace, {"metadata": {"labels": {LABEL_ROLE: role.value}}}
+                )
+
+    def _pods(self, shard: ResolvedShard) -> list[Manifest]:
+        return self.api.list("Pod", shard.namespace, label_selector=f"{LABEL_SHARD}={shard.name}")
+
+    def _observe(self, shard: ResolvedShard, master: str, previous: MailShardStatus | None) -> ShardObservation:
+        pods = {pod["metadata"]["name"]: pod for pod in self._pods(shard)}
+        members = []
+        for member in shard.members:
+            pod = pods.get(pod_name(member))
+            if pod is None or pod["metadata"].get("deletionTimestamp"):
+                members.append(MemberObservation(name=member))
+                continue
+            members.append(
+                MemberObservation(
+                    name=member,
+                    pod_exists=True,
+                    ready=_pod_ready(pod),
+                    role=MemberRole.MASTER if member == master else MemberRole.REPLICA,
+                    node=pod["spec"].get("nodeName"),
+                )
+            )
+        first, second = members
+        return ShardObservation(
+            generation=shard.generation,
+            members=(first, second),
+            master=master,
+            max_lag_seconds=shard.spec.replication.max_lag_seconds,
+            last_failover=previous.last_failover if previous is not None else None,
+            mailboxes=previous.mailboxes if previous is not None else None,
+        )
+
+    # ------------------------------------------------------------- outputs
+
+    def _report(
+        self,
+        body: Manifest,
+        previous: MailShardStatus | None,
+        status: MailShardStatus,
+        *,
+        created: list[str],
+        reverted: list[str],
+    ) -> None:
+        """Events for what changed: creations, reverted drift, a new problem, a phase transition."""
+        if created:
+            self.events.record(body, "Normal", "Created", f"created {', '.join(created)}")
+        if reverted:
+            self.events.record(body, "Normal", "DriftReverted", f"reverted manual changes to {'; '.join(reverted)}")
+        stalled = status.condition(ShardConditionType.STALLED)
+        was_stalled = previous.condition(ShardConditionType.STALLED) if previous is not None else None
+        if (
+            stalled is not None
+            and stalled.status == "True"
+            and (was_stalled is None or (was_stalled.status, was_stalled.reason) != ("True", stalled.reason))
+        ):
+            self.events.record(body, "Warning", stalled.reason or "Stalled", stalled.message or "")
+        old_phase = previous.phase if previous is not None else None
+        if status.phase != old_phase and status.phase is not None and status.phase is not ShardPhase.FAILED:
+            event_type: EventType = "Warning" if status.phase in (ShardPhase.DEGRADED, ShardPhase.FENCED) else "Normal"
+            ready = status.condition(ShardConditionType.READY)
+            self.events.record(body, event_type, status.phase.value, ready.message if ready and ready.message else "")
+
+    def _write_status(self, body: Manifest, previous: MailShardStatus | None, status: MailShardStatus) -> None:
+        """Patch the status subresource, only when it differs from what is stored."""
+        new = _status_document(status)
+        old = _status_document(previous) if previous is not None else {}
+        if new == old:
+            return
+        # Fields we no longer report are removed (merge patch null), not left stale.
+        patch: dict[str, Any] = {key: None for key in old if key not in new}
+        patch.update(new)
+        meta = body["metadata"]
+        self.api.merge_patch("MailShard", meta["name"], meta["namespace"], {"status": patch}, subresource="status")
+
+    # ------------------------------------------------------------ deletion
+
+    def finalize(self, body: Manifest) -> None:
+        """On deletion: the children go with their owner; the claims stay unless the policy says Delete.
+
+        The policy that counts is the one the members' StatefulSets were given
+        (the shard's own, else its cluster's default), read back from them, so
+        the Event says what really happens to the mail.
+        """
+        meta = body["metadata"]
+        namespace = meta["namespace"]
+        self.forget(namespace, meta["name"])
+        members = member_names(meta["name"])
+        policies = set()
+        for member in members:
+            statefulset = self.api.get("StatefulSet", member, namespace)
+            if statefulset is not None:
+                retention = statefulset["spec"].get("persistentVolumeClaimRetentionPolicy") or {}
+                policies.add(retention.get("whenDeleted", "Retain"))
+        claims = [volume_claim_name(member) for member in members]
+        existing = [c for c in claims if self.api.get("PersistentVolumeClaim", c, namespace) is not None]
+        if "Delete" in policies:
+            for claim in existing:
+                self.api.delete("PersistentVolumeClaim", claim, namespace)
+            message = f"deleted the mail volumes {', '.join(existing)} (reclaimPolicy Delete)"
+            self.events.record(body, "Normal", "VolumesDeleted", message if existing else "no mail volumes to delete")
+        elif existing:
+            self.events.record(
+                body,
+                "Normal",
+                "VolumesRetained",
+                f"kept the mail volumes {', '.join(existing)} (reclaimPolicy Retain); delete them by hand when done",
+            )
+
+
+def _member_of(pod: Manifest, shard: ResolvedShard) -> str | None:
+    return next((m for m in shard.members if pod["metadata"]["name"] == pod_name(m)), None)
+
+
+def _pod_ready(pod: Manifest) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _stored_status(body: Manifest) -> MailShardStatus | None:
+    raw = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    if not raw:
+        return None
+    try:
+        return MailShardStatus.model_validate(raw)
+    except pydantic.ValidationError:
+        log.warning("ignoring an unreadable stored status of %s", body["metadata"]["name"])
+        return None
+
+
+def _status_document(status: MailShardStatus) -> dict[str, Any]:
+    document: dict[str, Any] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return document
+
+
+def _keep_immutable_statefulset_fields(wanted: Manifest, live: Manifest) -> Manifest:
+    """Send the live volumeClaimTemplates back unchanged: they are immutable, claims are grown directly."""
+    spec = dict(wanted["spec"])
+    spec["volumeClaimTemplates"] = live["spec"].get("volumeClaimTemplates", spec.get("volumeClaimTemplates"))
+    return {**wanted, "spec": spec}

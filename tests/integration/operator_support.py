@@ -1,0 +1,182 @@
+"""The operator as a real process for the integration tier, with its own least-privilege identity.
+
+It runs `python -m mailshard run` exactly as the image will, authenticated as
+a ServiceAccount bound to the ClusterRole of `mailshard.rbac`, so the tests
+also prove that those permissions are enough.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client
+
+from mailshard import rbac
+from mailshard_harness import build, versions
+
+OPERATOR_NAMESPACE = "mailshard-system"
+OPERATOR_ACCOUNT = "mailshard-operator"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+REPO = Path(__file__).resolve().parents[2]
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], *, timeout: float = 60, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except client.ApiException as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last})" if last else "")
+    )
+
+
+def kubectl(
+    kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    binary = build.bin_path(versions.KUBECTL_BINARY)
+    return subprocess.run(
+        [str(binary), f"--kubeconfig={kubeconfig}", *args], input=stdin, capture_output=True, text=True, check=check
+    )
+
+
+def install_identity(api: client.ApiClient, admin_kubeconfig: Path, directory: Path) -> Path:
+    """A ServiceAccount with the operator's ClusterRole, and a kubeconfig that authenticates as it."""
+    core = client.CoreV1Api(api)
+    authz = client.RbacAuthorizationV1Api(api)
+    for create in (
+        lambda: core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}}),
+        lambda: core.create_namespaced_service_account(OPERATOR_NAMESPACE, {"metadata": {"name": OPERATOR_ACCOUNT}}),
+        lambda: authz.create_cluster_role({"metadata": {"name": OPERATOR_ACCOUNT}, "rules": rbac.cluster_role_rules()}),
+        lambda: authz.create_cluster_role_binding(
+            {
+                "metadata": {"name": OPERATOR_ACCOUNT},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_ACCOUNT},
+                "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
+            }
+        ),
+    ):
+        try:
+            create()
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+    token = core.create_namespaced_service_account_token(
+        OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 86400}}
+    ).status.token
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": OPERATOR_ACCOUNT}}],
+        "current-context": "operator",
+    }
+    path = directory / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+class OperatorProcess:
+    """`python -m mailshard run` as a child process; restartable; logs kept for failures."""
+
+    def __init__(self, kubeconfig: Path, log: Path, *, resync_seconds: float) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.resync_seconds = resync_seconds
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MAILSHARD_RESYNC_SECONDS": str(self.resync_seconds),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailshard", "run", "--standalone", "--liveness", ""],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an evicted pod would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def assert_running(self) -> None:
+        assert self.process is not None
+        assert self.process.poll() is None, f"the operator exited; see {self.log}"
+
+
+class AuditLog:
+    """Counts API writes from the harness' audit log, by user and namespace."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mark(self) -> int:
+        with self.path.open() as log:
+            return sum(1 for _ in log)
+
+    def writes(self, *, user: str, namespace: str, since: int = 0) -> list[str]:
+        found = []
+        with self.path.open() as log:
+            for index, line in enumerate(log):
+                if index < since:
+                    continue
+                event: dict[str, Any] = json.loads(line)
+                ref = event.get("objectRef") or {}
+                if (
+                    event.get("stage") == "ResponseComplete"
+                    and event.get("user", {}).get("username") == user
+                    and ref.get("namespace") == namespace
+                ):
+                    found.append(
+                        f"{event['verb']} {ref.get('resource')}/{ref.get('name', '')}"
+                        + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+                    )
+        return found
+
+
+def decode_secret(secret: client.V1Secret) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
