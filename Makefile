@@ -66,17 +66,19 @@ test-integration: venv build-k8s
 test-mail: venv mail-deps
 	$(call run_pytest,mail,)
 
-cluster-up: venv
-	$(BIN)/python -m mailshard_harness up
+NAME ?= default
+
+cluster-up: venv build-k8s
+	$(BIN)/python -m mailshard_harness up --name $(NAME)
 
 cluster-down: venv
-	$(BIN)/python -m mailshard_harness down
+	$(BIN)/python -m mailshard_harness down --name $(NAME)
 
 cluster-status: venv
 	$(BIN)/python -m mailshard_harness status
 
-demo: venv
-	bash .ci/demo
+demo: venv build-k8s
+	$(BIN)/python -m mailshard_harness demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint (empty: none)")
     run.add_argument("--standalone", action="store_true", help="no peering: this instance always acts")
     run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.add_argument(
+        "--kubeconfig", help="kubeconfig to use outside a cluster (default: $KUBECONFIG or ~/.kube/config)"
+    )
     crds = commands.add_parser("crds", help="write or check the CustomResourceDefinitions generated from the models")
     mode = crds.add_mutually_exclusive_group(required=True)
     mode.add_argument("--write", metavar="DIR", type=Path, help="(re)write the CRD files into DIR")
@@ -56,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from mailshard.runner import run_operator
 
+        if args.kubeconfig:
+            # Both kopf's login and our API client read it from the environment.
+            os.environ["KUBECONFIG"] = args.kubeconfig
         return run_operator(
             namespaces=args.namespace,
             liveness=args.liveness,

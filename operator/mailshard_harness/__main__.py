@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("reap", help="stop instances whose owner died")
     kubeconfig = commands.add_parser("kubeconfig", help="print the kubeconfig path of an instance")
     kubeconfig.add_argument("--name", default="default")
+    commands.add_parser("demo", help="control plane + operator + examples, waited until Ready")
     provisioner = commands.add_parser("provisioner", help="(internal) run the local-volume provisioner")
     provisioner.add_argument("--kubeconfig", required=True)
     return parser
@@ -72,6 +73,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"reaped {directory}")
     elif args.command == "kubeconfig":
         print(ClusterState(directory=runs_root() / args.name).kubeconfig)
+    elif args.command == "demo":
+        from mailshard_harness.demo import run_demo
+
+        return run_demo()
     elif args.command == "provisioner":
         from mailshard_harness.storage import main as provisioner_main
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from operator_support import REPO, AuditLog, OperatorProcess, eventually, install_identity, kubectl
+from operator_support import REPO, AuditLog, OperatorProcess, eventually, install_operator_identity, kubectl
 
 from mailshard_harness.cluster import ControlPlane
 
@@ -53,7 +53,7 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     """The operator running for the whole session under its least-privilege identity."""
     directory = tmp_path_factory.mktemp("operator")
-    identity = install_identity(api_client, kubeconfig, directory)
+    identity = install_operator_identity(api_client, kubeconfig, directory)
     process = OperatorProcess(identity, directory / "operator.log", resync_seconds=3)
     process.start()
     yield process

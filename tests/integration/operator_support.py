@@ -18,15 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from kubernetes import client
 
-from mailshard import rbac
 from mailshard_harness import build, versions
+from mailshard_harness.identity import OPERATOR_USER, install_operator_identity
 
-OPERATOR_NAMESPACE = "mailshard-system"
-OPERATOR_ACCOUNT = "mailshard-operator"
-OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+__all__ = ["OPERATOR_USER", "AuditLog", "OperatorProcess", "eventually", "install_operator_identity", "kubectl"]
+
 REPO = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
@@ -56,46 +54,6 @@ def kubectl(
     return subprocess.run(
         [str(binary), f"--kubeconfig={kubeconfig}", *args], input=stdin, capture_output=True, text=True, check=check
     )
-
-
-def install_identity(api: client.ApiClient, admin_kubeconfig: Path, directory: Path) -> Path:
-    """A ServiceAccount with the operator's ClusterRole, and a kubeconfig that authenticates as it."""
-    core = client.CoreV1Api(api)
-    authz = client.RbacAuthorizationV1Api(api)
-    for create in (
-        lambda: core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}}),
-        lambda: core.create_namespaced_service_account(OPERATOR_NAMESPACE, {"metadata": {"name": OPERATOR_ACCOUNT}}),
-        lambda: authz.create_cluster_role({"metadata": {"name": OPERATOR_ACCOUNT}, "rules": rbac.cluster_role_rules()}),
-        lambda: authz.create_cluster_role_binding(
-            {
-                "metadata": {"name": OPERATOR_ACCOUNT},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_ACCOUNT},
-                "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
-            }
-        ),
-    ):
-        try:
-            create()
-        except client.ApiException as exc:
-            if exc.status != 409:
-                raise
-    token = core.create_namespaced_service_account_token(
-        OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 86400}}
-    ).status.token
-    admin = yaml.safe_load(admin_kubeconfig.read_text())
-    cluster = admin["clusters"][0]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": OPERATOR_ACCOUNT}}],
-        "current-context": "operator",
-    }
-    path = directory / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
 
 
 class OperatorProcess:
