@@ -69,7 +69,8 @@ def main() -> int:
     os.close(saved)
 
     def summary(values: list[float]) -> str:
-        return f"median {statistics.median(values):.1f} s (min {min(values):.1f}, max {max(values):.1f}, n={len(values)})"
+        median = statistics.median(values)
+        return f"median {median:.1f} s (min {min(values):.1f}, max {max(values):.1f}, n={len(values)})"
 
     print(f"start → apiserver /readyz:   {summary(readyz)}")
     print(f"start → {args.nodes} nodes Ready:      {summary(nodes_ready)}")
