@@ -552,8 +552,8 @@ def _start_failure(name: str, code: int, log: Path) -> HarnessError:
     tail = log_tail(log, 40)
     if "address already in use" in tail:
         return HarnessError(f"{name} could not bind its port: address already in use", log)
-    if name == "etcd" and ("member" in tail or "data-dir" in tail or "wal" in tail):
-        return HarnessError(f"etcd would not start (a stale or corrupt data dir?), exit {code}", log)
+    if name == "etcd" and any(word in tail for word in ("data dir", "data-dir", "member", "wal", "snap")):
+        return HarnessError(f"etcd would not start: its data dir is stale or corrupt (exit {code})", log)
     return HarnessError(f"{name} exited with code {code} while starting", log)
 
 

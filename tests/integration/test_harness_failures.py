@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailshard_harness import build, processes
-from mailshard_harness.cluster import ClusterConfig, ClusterState, ControlPlane, reap_stale
+from mailshard_harness.cluster import ClusterConfig, ClusterState, ControlPlane, _etcd_data_dir, reap_stale
 from mailshard_harness.errors import HarnessError
 from mailshard_harness.versions import GoBinary
 
@@ -103,3 +103,19 @@ def test_a_recorded_pid_reused_by_another_process_is_never_signalled(tmp_path: P
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_etcd_that_will_not_start_names_its_log(tmp_path: Path) -> None:
+    """A corrupt etcd data dir (here: a file where the directory should be) fails in one line."""
+    directory = tmp_path / "corrupt"
+    squatter = _etcd_data_dir(directory.resolve())
+    squatter.write_text("not an etcd data dir")
+    try:
+        with pytest.raises(HarnessError) as failure:
+            ControlPlane.start(ClusterConfig(name="corrupt", directory=directory, owner_pid=os.getpid()))
+    finally:
+        squatter.unlink(missing_ok=True)
+    message = str(failure.value)
+    assert message.startswith("etcd would not start: its data dir is stale or corrupt")
+    assert failure.value.log == directory.resolve() / "logs" / "etcd.log"
+    assert "\n" not in message
