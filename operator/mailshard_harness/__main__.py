@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     kubeconfig = commands.add_parser("kubeconfig", help="print the kubeconfig path of an instance")
     kubeconfig.add_argument("--name", default="default")
     commands.add_parser("demo", help="control plane + operator + examples, waited until Ready")
+    images = commands.add_parser("images", help="build the operator, dovecot and cyrus images with podman")
+    images.add_argument("--only", action="append", help="build only this image (repeatable)")
+    images.add_argument("--rebuild-base", action="store_true", help="debootstrap the base image again")
     provisioner = commands.add_parser("provisioner", help="(internal) run the local-volume provisioner")
     provisioner.add_argument("--kubeconfig", required=True)
     return parser
@@ -73,6 +76,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"reaped {directory}")
     elif args.command == "kubeconfig":
         print(ClusterState(directory=runs_root() / args.name).kubeconfig)
+    elif args.command == "images":
+        from mailshard_harness.images import IMAGES, build_images, image_name
+
+        for name, seconds in build_images(args.only or IMAGES, rebuild_base=args.rebuild_base).items():
+            print(f"{image_name(name)}: built in {seconds:.0f} s")
     elif args.command == "demo":
         from mailshard_harness.demo import run_demo
 
