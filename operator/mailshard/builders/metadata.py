@@ -1,7 +1,9 @@
-"""Labels and owner references every object of a shard carries.
+"""Labels and owner references every object of a shard, or of a cluster, carries.
 
-One place decides them so that every object can be found by the same selector
-(`mailshard.io/shard=<name>`) and is garbage-collected with its MailShard.
+One place decides them so that every object of a shard can be found by the
+same selector (`mailshard.io/shard=<name>`) and is garbage-collected with its
+MailShard, and every object of a cluster (the routing table) goes with its
+MailCluster.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from mailshard.api.constants import (
     LABEL_SHARD,
     MANAGED_BY,
 )
-from mailshard.api.v1alpha1 import API_VERSION, ResolvedShard
+from mailshard.api.v1alpha1 import API_VERSION, MailCluster, ResolvedShard
+from mailshard.api.v1alpha1.cluster import KIND as CLUSTER_KIND
 from mailshard.api.v1alpha1.shard import KIND
 
 COMPONENT_MAIL_STORE: Final = "mail-store"
@@ -27,6 +30,8 @@ COMPONENT_MAIL_ENDPOINT: Final = "mail-endpoint"
 """The `<shard>-master` Service clients and proxies connect to."""
 COMPONENT_CONFIG: Final = "config"
 COMPONENT_CREDENTIALS: Final = "credentials"
+COMPONENT_ROUTING: Final = "routing"
+"""The cluster's routing table ConfigMap. It carries no shard label: it belongs to the cluster."""
 
 
 def standard_labels(shard: ResolvedShard, component: str) -> dict[str, str]:
@@ -64,4 +69,35 @@ def object_metadata(
         "namespace": shard.namespace,
         "labels": labels,
         "ownerReferences": [owner_reference(shard)],
+    }
+
+
+def cluster_labels(cluster: MailCluster, component: str) -> dict[str, str]:
+    """The recommended `app.kubernetes.io/*` labels of an object of the cluster as a whole."""
+    name = cluster.metadata.name
+    return {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: name,
+        LABEL_COMPONENT: component,
+        LABEL_PART_OF: name,
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def cluster_object_metadata(cluster: MailCluster, name: str, component: str) -> dict[str, Any]:
+    """`metadata` of a namespaced object controlled by the MailCluster, so deleting the cluster deletes it."""
+    return {
+        "name": name,
+        "namespace": cluster.metadata.namespace,
+        "labels": cluster_labels(cluster, component),
+        "ownerReferences": [
+            {
+                "apiVersion": API_VERSION,
+                "kind": CLUSTER_KIND,
+                "name": cluster.metadata.name,
+                "uid": cluster.metadata.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
     }

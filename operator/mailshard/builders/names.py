@@ -1,4 +1,4 @@
-"""The names of every object a shard is made of, derived from the shard name alone.
+"""The names of every object a shard or cluster is made of, derived from the shard or cluster name alone.
 
 The builders name objects with these functions and the services find them with
 the same functions, so the two can never disagree. All of them stay within DNS
@@ -59,3 +59,8 @@ def replication_secret_name(shard_name: str) -> str:
 def pod_disruption_budget_name(shard_name: str) -> str:
     """The PodDisruptionBudget over both members."""
     return shard_name
+
+
+def routing_config_map_name(cluster_name: str) -> str:
+    """The ConfigMap holding a MailCluster's routing table, which the proxies follow."""
+    return f"{cluster_name}-routing"

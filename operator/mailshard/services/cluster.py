@@ -1,26 +1,36 @@
-"""Reconciles a MailCluster's status from its shards: counts, readiness, kstatus conditions.
+"""Reconciles a MailCluster: its routing table, and its status from its shards and that table.
 
 The cluster is the front of a mail platform; its status answers "are all my
-shards serving?" at a glance (`kubectl get mc`). The proxy tier and routing
-table it will own are built by the routing service; until then its status
-covers the shards alone. Like the shard reconciler it is level-based and
-writes the status only when it changed.
+shards serving, and can every user be routed?" at a glance (`kubectl get mc`).
+Each run publishes the routing table first (`services.routing`), because a
+shard's master changing must reach the proxies within a second, then writes
+the status, which carries the table's version. Every trigger (the cluster's
+spec, any event of one of its shards, its overrides or routing ConfigMap, a
+periodic resync) runs the same level-based reconcile; runs for one cluster are
+serialised and triggers arriving meanwhile coalesce into one more run. Like the
+shard reconciler it writes only what changed.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any
+from typing import Any, Final
 
 import pydantic
 
 from mailshard.api.v1alpha1 import ConditionStatus, MailCluster, MailClusterStatus
 from mailshard.api.v1alpha1.cluster import ClusterConditionType
 from mailshard.builders.conditions import set_condition
+from mailshard.builders.routing import RoutingGaps
+from mailshard.services.coalescing import Coalescer
+from mailshard.services.events import EventRecorder
 from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.routing import RoutingOutcome, RoutingPublisher
 
 log = logging.getLogger(__name__)
+
+_WAITING: Final = "waiting for a human; see Stalled"
 
 
 def _shard_ready(shard: Manifest) -> bool:
@@ -29,12 +39,19 @@ def _shard_ready(shard: Manifest) -> bool:
 
 
 class ClusterReconciler:
-    """Keeps each MailCluster's status true to its shards."""
+    """Keeps each MailCluster's routing table and status true to its shards. Safe to call from any thread."""
 
-    def __init__(self, api: KubeApi) -> None:
+    def __init__(self, api: KubeApi, events: EventRecorder, routing: RoutingPublisher) -> None:
         self.api = api
+        self.events = events
+        self.routing = routing
+        self._runs: Coalescer[MailClusterStatus | None] = Coalescer()
 
     def reconcile(self, namespace: str, name: str) -> MailClusterStatus | None:
+        """Reconcile the cluster now, or make the run already under way for it go round once more."""
+        return self._runs.run((namespace, name), lambda: self._reconcile_once(namespace, name))
+
+    def _reconcile_once(self, namespace: str, name: str) -> MailClusterStatus | None:
         body = self.api.get("MailCluster", name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
@@ -61,18 +78,20 @@ class ClusterReconciler:
                 now=now,
             )
 
+        routing: RoutingOutcome | None = None
         try:
-            MailCluster.from_resource(body)
+            cluster = MailCluster.from_resource(body)
             problem = None
         except pydantic.ValidationError as error:
             problem = str(error.errors()[0]["msg"])
+        else:
+            routing = self.routing.publish(body, cluster, shards)
         if problem is not None:
             put(ClusterConditionType.STALLED, ConditionStatus.TRUE, "InvalidSpec", problem)
-            put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Stalled", "waiting for a human; see Stalled")
+            put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Stalled", _WAITING)
         elif not shards:
             put(ClusterConditionType.READY, ConditionStatus.FALSE, "NoShards", "no MailShard refers to this cluster")
             put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Reconciled", "nothing to do")
-            put(ClusterConditionType.STALLED, ConditionStatus.FALSE, "AsExpected", "making progress")
         else:
             all_ready = ready == len(shards)
             message = f"{ready} of {len(shards)} shards ready"
@@ -83,19 +102,69 @@ class ClusterReconciler:
                 "Reconciled" if all_ready else "ShardsNotReady",
                 message,
             )
-            put(ClusterConditionType.STALLED, ConditionStatus.FALSE, "AsExpected", "making progress")
+        if routing is not None:
+            if routing.problem is not None:
+                put(ClusterConditionType.STALLED, ConditionStatus.TRUE, routing.problem.reason, routing.problem.message)
+                put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Stalled", _WAITING)
+            else:
+                put(ClusterConditionType.STALLED, ConditionStatus.FALSE, "AsExpected", "making progress")
+            if routing.gaps is not None:
+                put(ClusterConditionType.DEGRADED, *_routing_degraded(routing.gaps, shards))
         status = previous.model_copy(
             update={
                 "shards": len(shards),
                 "ready_shards": ready,
+                "routing_version": routing.version
+                if routing is not None and routing.version is not None
+                else previous.routing_version,
                 "conditions": conditions,
                 "observed_generation": generation,
             }
         )
+        self._report(body, previous, status)
         new = status.model_dump(mode="json", by_alias=True, exclude_none=True)
         if new != previous.model_dump(mode="json", by_alias=True, exclude_none=True):
             self.api.merge_patch("MailCluster", name, namespace, {"status": new}, subresource="status")
         return status
+
+    def _report(self, body: Manifest, previous: MailClusterStatus, status: MailClusterStatus) -> None:
+        """A Warning Event when the cluster becomes Stalled, or Stalled for another reason."""
+        stalled = status.condition(ClusterConditionType.STALLED)
+        was = previous.condition(ClusterConditionType.STALLED)
+        if (
+            stalled is not None
+            and stalled.status is ConditionStatus.TRUE
+            and (was is None or (was.status, was.reason) != (ConditionStatus.TRUE, stalled.reason))
+        ):
+            self.events.record(body, "Warning", stalled.reason, stalled.message)
+
+
+def _routing_degraded(gaps: RoutingGaps, shards: list[Manifest]) -> tuple[ConditionStatus, str, str]:
+    """Degraded is True while users are refused for a reason that outlasts a failover."""
+    if gaps.missing:
+        slots = sum(count for count, _users in gaps.missing.values())
+        users = sum(users for _slots, users in gaps.missing.values())
+        return (
+            ConditionStatus.TRUE,
+            "ShardsMissing",
+            f"{slots} slots and {users} overridden users route to deleted shards {', '.join(gaps.missing)}; "
+            "those users get temporary errors until their mail is restored or moved and the slots reassigned",
+        )
+    live = [s for s in shards if not s["metadata"].get("deletionTimestamp")]
+    if gaps.unassigned and live and not gaps.waiting_for:
+        return (
+            ConditionStatus.TRUE,
+            "SlotsUnassigned",
+            f"{gaps.unassigned} slots have no shard because no shard is Ready with free capacity; "
+            "their users get temporary errors",
+        )
+    if gaps.unassigned and gaps.waiting_for:
+        message = f"{gaps.unassigned} slots wait for shards {', '.join(gaps.waiting_for)} to be ready"
+    elif gaps.unassigned:
+        message = f"{gaps.unassigned} slots wait for a first shard"
+    else:
+        message = "every slot routes to a live shard"
+    return ConditionStatus.FALSE, "AsExpected", message
 
 
 def _bool(value: bool) -> ConditionStatus:

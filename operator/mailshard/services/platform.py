@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from mailshard.services.cluster import ClusterReconciler
 from mailshard.services.events import EventRecorder
 from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.routing import RoutingPublisher
 from mailshard.services.shard import ShardReconciler
 
 
@@ -22,14 +23,26 @@ class Platform:
     events: EventRecorder
     shards: ShardReconciler
     clusters: ClusterReconciler
+    """Also publishes each cluster's routing table, in the same serialised run as its status."""
 
     @classmethod
     def build(cls, api: KubeApi) -> Platform:
         events = EventRecorder(api)
-        return cls(api=api, events=events, shards=ShardReconciler(api, events), clusters=ClusterReconciler(api))
+        return cls(
+            api=api,
+            events=events,
+            shards=ShardReconciler(api, events),
+            clusters=ClusterReconciler(api, events, RoutingPublisher(api, events)),
+        )
 
     def cluster_changed(self, namespace: str, name: str) -> None:
-        """A cluster's spec (its shard defaults) changed or it appeared: its shards, then its status."""
+        """A cluster's spec changed or it appeared: its routing first, then its shards, then its status again.
+
+        Routing goes first because a changed overrides source must reach the
+        proxies within a second, while re-applying shard defaults to many
+        shards can take longer; the last pass records the shards' new state.
+        """
+        self.clusters.reconcile(namespace, name)
         for shard in self.shards_of(namespace, name):
             self.shards.reconcile(namespace, shard["metadata"]["name"])
         self.clusters.reconcile(namespace, name)
