@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_MARKERS ?= unit or integration or mail
 
-.PHONY: help venv check lint typecheck layers crds crds-check test test-unit test-integration test-mail \
+.PHONY: help venv check lint typecheck layers crds crds-check chart-lint test test-unit test-integration test-mail images image-deps mail-deps \
         build-k8s cluster-up cluster-down cluster-status demo clean
 
 help:
@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
 
 typecheck: venv
 	$(BIN)/mypy
@@ -40,7 +40,17 @@ crds: venv
 crds-check: venv
 	$(BIN)/python -m mailshard crds --check crds/
 
-check: lint typecheck layers crds-check
+# helm lint --strict with every CI values file. Our Helm is built without the Kubernetes version stamped in
+# (it would assume 1.20 and refuse the chart's kubeVersion), hence --kube-version.
+CHART := charts/mailshard-operator
+chart-lint: venv build-k8s
+	@helm=$$($(BIN)/python -c 'from mailshard_harness import build, versions; print(build.bin_path(versions.HELM_BINARY))'); \
+	for values in $(CHART)/ci/*-values.yaml; do \
+		echo "helm lint --strict $(CHART) --values $$values"; \
+		$$helm lint --strict --kube-version 1.33.0 $(CHART) --values $$values || exit 1; \
+	done
+
+check: lint typecheck layers crds-check chart-lint
 
 build-k8s: venv
 	$(BIN)/python -m mailshard_harness build
@@ -48,13 +58,20 @@ build-k8s: venv
 mail-deps:
 	bash .ci/install-mail-deps
 
+# podman, buildah, debootstrap and runc from Debian: image builds are offline but for apt.
+image-deps:
+	bash .ci/install-image-deps
+
+images: venv image-deps
+	$(BIN)/python -m mailshard_harness images
+
 # pytest exits 5 when a selection collects no test: that is not a failure of the code.
 define run_pytest
 	$(BIN)/pytest -m "$(1)" $(2); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests selected by -m '$(1)'"; exit 0; fi; exit $$rc
 endef
 
-test: check build-k8s mail-deps
+test: check build-k8s mail-deps images
 	$(call run_pytest,$(PYTEST_MARKERS),)
 
 test-unit: venv

@@ -9,6 +9,7 @@ regenerating.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,11 @@ def write_crds(directory: Path) -> list[Path]:
 
 def check_crds(directory: Path) -> list[Drift]:
     """Every difference between `directory` and the CRDs generated from the models (empty when in sync)."""
-    expected = render_crd_files()
+    return check_files(directory, render_crd_files())
+
+
+def check_files(directory: Path, expected: Mapping[str, str], *, stale: str = "*.yaml") -> list[Drift]:
+    """Every file of `expected` missing from or different in `directory`, and every file matching `stale` not in it."""
     drifts = []
     for name, content in expected.items():
         path = directory / name
@@ -62,7 +67,7 @@ def check_crds(directory: Path) -> list[Drift]:
             )
             drifts.append(Drift(path, "differs from the models", diff))
     if directory.is_dir():
-        for path in sorted(directory.glob("*.yaml")):
-            if path.name not in expected:
+        for path in sorted(directory.glob(stale)):
+            if path.relative_to(directory).as_posix() not in expected:
                 drifts.append(Drift(path, "is not generated from any model (stale CRD?)"))
     return drifts

@@ -42,20 +42,34 @@ def install_operator_identity(api: client.ApiClient, admin_kubeconfig: Path, dir
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
-    token = core.create_namespaced_service_account_token(
-        OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 86400}}
-    ).status.token
+    return service_account_kubeconfig(
+        api, admin_kubeconfig, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, directory / "operator.kubeconfig"
+    )
+
+
+def service_account_kubeconfig(
+    api: client.ApiClient, admin_kubeconfig: Path, namespace: str, account: str, path: Path
+) -> Path:
+    """Writes `path`: a kubeconfig that authenticates as an existing ServiceAccount, with a TokenRequest token.
+
+    The API server of `admin_kubeconfig`, a day-long token of `namespace/account`:
+    what the account's pods would get, for running a process as that account from the host.
+    """
+    token = (
+        client.CoreV1Api(api)
+        .create_namespaced_service_account_token(account, namespace, {"spec": {"expirationSeconds": 86400}})
+        .status.token
+    )
     admin = yaml.safe_load(admin_kubeconfig.read_text())
     cluster = admin["clusters"][0]
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [cluster],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": OPERATOR_ACCOUNT}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": account}}],
         "current-context": "operator",
     }
-    path = directory / "operator.kubeconfig"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path

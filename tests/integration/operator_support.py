@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,10 +59,20 @@ def kubectl(
 class OperatorProcess:
     """`python -m mailshard run` as a child process; restartable; logs kept for failures."""
 
-    def __init__(self, kubeconfig: Path, log: Path, *, resync_seconds: float) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log: Path,
+        *,
+        resync_seconds: float,
+        args: Sequence[str] = ("--standalone", "--liveness", ""),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
         self.resync_seconds = resync_seconds
+        self.args = tuple(args)
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -71,10 +81,11 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "MAILSHARD_RESYNC_SECONDS": str(self.resync_seconds),
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         }
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailshard", "run", "--standalone", "--liveness", ""],
+                [sys.executable, "-m", "mailshard", "run", *self.args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
