@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.add_argument(
+        "--metrics-address", default="", help="HOST:PORT for Prometheus metrics, e.g. 0.0.0.0:9090 (empty: none)"
+    )
+    run.add_argument(
         "--kubeconfig", help="kubeconfig to use outside a cluster (default: $KUBECONFIG or ~/.kube/config)"
     )
     crds = commands.add_parser("crds", help="write or check the CustomResourceDefinitions generated from the models")
@@ -109,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             peering=args.peering,
             priority=_resolve_priority(args.priority, peering=args.peering),
             verbose=args.verbose,
+            metrics_address=args.metrics_address,
         )
     if args.command == "crds":
         return crds_command(write=args.write, check=args.check, chart=args.chart)

@@ -31,6 +31,7 @@ def run_operator(
     peering: str | None = None,
     priority: int | None = None,
     verbose: bool = False,
+    metrics_address: str = "",
 ) -> int:
     """Run until signalled. `peering` names the (Cluster)KopfPeering object to coordinate replicas through."""
     import kopf
@@ -47,6 +48,8 @@ def run_operator(
             standalone=standalone,
             peering_name=peering,
             priority=priority,
+            # The startup handler (handlers.lifecycle) serves the metrics where this says.
+            memo=kopf.Memo(metrics_address=metrics_address),
         )
     )
     return 0

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from operator_support import REPO, AuditLog, OperatorProcess, eventually, install_operator_identity, kubectl
+from operator_support import (
+    REPO,
+    AuditLog,
+    OperatorProcess,
+    eventually,
+    free_port,
+    install_operator_identity,
+    kubectl,
+)
 
 from mailshard_harness.cluster import ControlPlane
 
@@ -54,7 +62,14 @@ def operator(
     """The operator running for the whole session under its least-privilege identity."""
     directory = tmp_path_factory.mktemp("operator")
     identity = install_operator_identity(api_client, kubeconfig, directory)
-    process = OperatorProcess(identity, directory / "operator.log", resync_seconds=3)
+    metrics_port = free_port()
+    process = OperatorProcess(
+        identity,
+        directory / "operator.log",
+        resync_seconds=3,
+        args=("--standalone", "--liveness", "", "--metrics-address", f"127.0.0.1:{metrics_port}"),
+    )
+    process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     process.start()
     yield process
     process.stop()

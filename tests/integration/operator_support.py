@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,15 @@ from kubernetes import client
 from mailshard_harness import build, versions
 from mailshard_harness.identity import OPERATOR_USER, install_operator_identity
 
-__all__ = ["OPERATOR_USER", "AuditLog", "OperatorProcess", "eventually", "install_operator_identity", "kubectl"]
+__all__ = [
+    "OPERATOR_USER",
+    "AuditLog",
+    "OperatorProcess",
+    "eventually",
+    "free_port",
+    "install_operator_identity",
+    "kubectl",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,6 +83,8 @@ class OperatorProcess:
         self.args = tuple(args)
         self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_url: str | None = None
+        """Where the operator serves Prometheus metrics, when it was started with --metrics-address."""
 
     def start(self) -> None:
         env = {
@@ -145,6 +156,12 @@ class AuditLog:
                         + (f"/{ref['subresource']}" if ref.get("subresource") else "")
                     )
         return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def decode_secret(secret: client.V1Secret) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Operator start-up: kopf settings and the services every handler uses."""
+"""Operator start-up: kopf settings, the metrics endpoint, and the services every handler uses."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import logging
 from typing import Any
 
 import kopf
+from prometheus_client import start_http_server
 
 from mailshard.api.constants import GROUP
+from mailshard.metrics import OperatorMetrics
 from mailshard.services.kube import KubeApi
 from mailshard.services.platform import Platform
+
+log = logging.getLogger(__name__)
 
 
 @kopf.on.startup()
@@ -25,4 +29,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    memo.platform = Platform.build(KubeApi.from_environment())
+    metrics = OperatorMetrics()
+    address = str(getattr(memo, "metrics_address", "") or "")
+    if address:
+        host, _colon, port = address.rpartition(":")
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=metrics.registry)
+        log.info("serving metrics on http://%s/metrics", address)
+    memo.platform = Platform.build(KubeApi.from_environment(), metrics)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from typing import Any, Final
 
 import pydantic
@@ -23,6 +24,7 @@ from mailshard.api.v1alpha1 import ConditionStatus, MailCluster, MailClusterStat
 from mailshard.api.v1alpha1.cluster import ClusterConditionType
 from mailshard.builders.conditions import set_condition
 from mailshard.builders.routing import RoutingGaps
+from mailshard.metrics import OperatorMetrics
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder
 from mailshard.services.kube import KubeApi, Manifest
@@ -41,15 +43,29 @@ def _shard_ready(shard: Manifest) -> bool:
 class ClusterReconciler:
     """Keeps each MailCluster's routing table and status true to its shards. Safe to call from any thread."""
 
-    def __init__(self, api: KubeApi, events: EventRecorder, routing: RoutingPublisher) -> None:
+    def __init__(
+        self, api: KubeApi, events: EventRecorder, routing: RoutingPublisher, *, metrics: OperatorMetrics | None = None
+    ) -> None:
         self.api = api
         self.events = events
         self.routing = routing
+        self.metrics = metrics or OperatorMetrics()
         self._runs: Coalescer[MailClusterStatus | None] = Coalescer()
 
     def reconcile(self, namespace: str, name: str) -> MailClusterStatus | None:
         """Reconcile the cluster now, or make the run already under way for it go round once more."""
-        return self._runs.run((namespace, name), lambda: self._reconcile_once(namespace, name))
+        return self._runs.run((namespace, name), lambda: self._measured_reconcile(namespace, name))
+
+    def _measured_reconcile(self, namespace: str, name: str) -> MailClusterStatus | None:
+        started = time.monotonic()
+        try:
+            status = self._reconcile_once(namespace, name)
+        except Exception:
+            self.metrics.reconcile_errors.labels(kind="MailCluster").inc()
+            raise
+        finally:
+            self.metrics.reconcile_duration.labels(kind="MailCluster").observe(time.monotonic() - started)
+        return status
 
     def _reconcile_once(self, namespace: str, name: str) -> MailClusterStatus | None:
         body = self.api.get("MailCluster", name, namespace)
@@ -86,6 +102,10 @@ class ClusterReconciler:
             problem = str(error.errors()[0]["msg"])
         else:
             routing = self.routing.publish(body, cluster, shards)
+            if routing.version is not None:
+                self.metrics.routing_version.labels(namespace=namespace, cluster=name).set(routing.version)
+            if routing.written_at is not None:
+                self.metrics.routing_updated.labels(namespace=namespace, cluster=name).set(routing.written_at)
         if problem is not None:
             put(ClusterConditionType.STALLED, ConditionStatus.TRUE, "InvalidSpec", problem)
             put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Stalled", _WAITING)

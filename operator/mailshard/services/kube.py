@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -66,10 +66,12 @@ KINDS: Final[Mapping[str, Kind]] = {
 class KubeApi:
     """Synchronous JSON access to the API server (kopf runs our sync handlers in its thread pool)."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, *, on_write: Callable[[str, str], None] | None = None) -> None:
         self._client = api_client
         self._lock = threading.Lock()
         self.writes: Counter[tuple[str, str]] = Counter()
+        self.on_write = on_write
+        """Told of every write (verb, kind): the metrics count them."""
 
     @classmethod
     def from_environment(cls) -> KubeApi:
@@ -109,6 +111,8 @@ class KubeApi:
     def _count(self, verb: str, kind: str) -> None:
         with self._lock:
             self.writes[(verb, kind)] += 1
+        if self.on_write is not None:
+            self.on_write(verb, kind)
 
     # ---------------------------------------------------------------- reads
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailshard.metrics import OperatorMetrics
 from mailshard.services.cluster import ClusterReconciler
 from mailshard.services.events import EventRecorder
 from mailshard.services.kube import KubeApi, Manifest
@@ -25,14 +26,19 @@ class Platform:
     clusters: ClusterReconciler
     """Also publishes each cluster's routing table, in the same serialised run as its status."""
 
+    metrics: OperatorMetrics
+
     @classmethod
-    def build(cls, api: KubeApi) -> Platform:
+    def build(cls, api: KubeApi, metrics: OperatorMetrics | None = None) -> Platform:
+        metrics = metrics or OperatorMetrics()
+        api.on_write = lambda verb, kind: metrics.api_writes.labels(verb=verb, kind=kind).inc()
         events = EventRecorder(api)
         return cls(
             api=api,
             events=events,
-            shards=ShardReconciler(api, events),
-            clusters=ClusterReconciler(api, events, RoutingPublisher(api, events)),
+            shards=ShardReconciler(api, events, metrics=metrics),
+            clusters=ClusterReconciler(api, events, RoutingPublisher(api, events), metrics=metrics),
+            metrics=metrics,
         )
 
     def cluster_changed(self, namespace: str, name: str) -> None:

@@ -18,7 +18,9 @@ the last good table they have meanwhile.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -66,6 +68,8 @@ class RoutingOutcome:
     """Users the table cannot route; None when no table could be read or made."""
     problem: Problem | None = None
     """Something only a human can fix: an unusable table, or overrides that cannot be read."""
+    written_at: float | None = None
+    """When the live table was last written (Unix time), for the table's age; None when unknown."""
 
 
 class RoutingConflictError(RuntimeError):
@@ -123,7 +127,10 @@ class RoutingPublisher:
             return None
         if plan.publish:
             self._report(body, plan)
-        return RoutingOutcome(version=plan.table.version, gaps=plan.gaps, problem=overrides_problem)
+        written_at = time.time() if plan.publish else _last_written(live)
+        return RoutingOutcome(
+            version=plan.table.version, gaps=plan.gaps, problem=overrides_problem, written_at=written_at
+        )
 
     def _write(self, cluster: MailCluster, table: RoutingTable, live: Manifest | None) -> bool:
         """Create or update the ConfigMap; False when someone else changed it since it was read."""
@@ -204,6 +211,17 @@ def _facts(cluster: MailCluster, body: Manifest) -> ShardFacts:
     except pydantic.ValidationError:
         capacity = None
     return ShardFacts(name=meta["name"], status=status, capacity=capacity, present=not meta.get("deletionTimestamp"))
+
+
+def _last_written(live: Manifest | None) -> float | None:
+    """The newest write time the API server recorded on the ConfigMap (managedFields), survives restarts."""
+    if live is None:
+        return None
+    times = [entry["time"] for entry in live["metadata"].get("managedFields") or [] if entry.get("time")]
+    if not times:
+        return None
+    newest = max(datetime.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in times)
+    return newest.timestamp()
 
 
 def _lost(name: str, announced: int) -> Problem:

@@ -17,8 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
-import threading
-from dataclasses import dataclass, field
+import time
 from typing import Any, Final
 
 import pydantic
@@ -49,6 +48,8 @@ from mailshard.builders import (
 )
 from mailshard.builders.drift import contains, differences
 from mailshard.builders.names import pod_name, replication_secret_name, volume_claim_name
+from mailshard.metrics import OperatorMetrics, ShardFacts
+from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder, EventType
 from mailshard.services.kube import KubeApi, Manifest
 
@@ -65,55 +66,47 @@ class UnactionableSpecError(Exception):
         self.problem = Problem(reason=reason, message=message)
 
 
-@dataclass
-class _Serialiser:
-    """One reconcile per shard at a time; triggers that arrive meanwhile coalesce into one re-run."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    running: bool = False
-    again: bool = False
-
-
 class ShardReconciler:
     """Brings shards to their desired state. Safe to call from any thread, any number of times."""
 
-    def __init__(self, api: KubeApi, events: EventRecorder, *, images: BackendImages | None = None) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        events: EventRecorder,
+        *,
+        images: BackendImages | None = None,
+        metrics: OperatorMetrics | None = None,
+    ) -> None:
         self.api = api
         self.events = events
+        self.metrics = metrics or OperatorMetrics()
         self.images = images or BackendImages.for_version(__version__)
-        self._serialisers: dict[tuple[str, str], _Serialiser] = {}
-        self._serialisers_lock = threading.Lock()
+        self._runs: Coalescer[MailShardStatus | None] = Coalescer()
 
     # ------------------------------------------------------------ triggers
 
     def reconcile(self, namespace: str, name: str) -> MailShardStatus | None:
         """Reconcile the shard now, or make the reconcile already running for it go round once more."""
-        serialiser = self._serialiser(namespace, name)
-        with serialiser.lock:
-            if serialiser.running:
-                serialiser.again = True
-                return None
-            serialiser.running = True
-        try:
-            while True:
-                status = self._reconcile_once(namespace, name)
-                with serialiser.lock:
-                    if not serialiser.again:
-                        serialiser.running = False
-                        return status
-                    serialiser.again = False
-        except BaseException:
-            with serialiser.lock:
-                serialiser.running = serialiser.again = False
-            raise
+        return self._runs.run((namespace, name), lambda: self._measured_reconcile(namespace, name))
 
-    def _serialiser(self, namespace: str, name: str) -> _Serialiser:
-        with self._serialisers_lock:
-            return self._serialisers.setdefault((namespace, name), _Serialiser())
+    def _measured_reconcile(self, namespace: str, name: str) -> MailShardStatus | None:
+        started = time.monotonic()
+        try:
+            status = self._reconcile_once(namespace, name)
+        except Exception:
+            self.metrics.reconcile_errors.labels(kind="MailShard").inc()
+            raise
+        finally:
+            self.metrics.reconcile_duration.labels(kind="MailShard").observe(time.monotonic() - started)
+        if status is None:
+            self.metrics.shards.forget(namespace, name)
+        else:
+            phase = status.phase.value if status.phase is not None else None
+            self.metrics.shards.update(namespace, name, ShardFacts(phase=phase, lag_seconds=status.lag_seconds))
+        return status
 
     def forget(self, namespace: str, name: str) -> None:
-        with self._serialisers_lock:
-            self._serialisers.pop((namespace, name), None)
+        self._runs.forget((namespace, name))
 
     # ----------------------------------------------------------- reconcile
 
@@ -341,6 +334,7 @@ class ShardReconciler:
         meta = body["metadata"]
         namespace = meta["namespace"]
         self.forget(namespace, meta["name"])
+        self.metrics.shards.forget(namespace, meta["name"])
         members = member_names(meta["name"])
         policies = set()
         for member in members:

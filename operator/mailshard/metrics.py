@@ -1,0 +1,119 @@
+"""The operator's Prometheus metrics: one registry, names the chart's alerts and dashboard rely on.
+
+Per-shard facts (phase, replication lag) are kept as the latest value the
+reconciler saw and exported by a collector at scrape time, so a deleted shard
+disappears from the metrics instead of lingering as a stale series. Counters
+and histograms are ordinary prometheus-client instruments.
+
+Names (also listed in the chart's values and used by its PrometheusRule):
+
+- `mailshard_shards{phase}`: shards by phase.
+- `mailshard_replication_lag_seconds{namespace,shard}`: the replica's lag as last reported.
+- `mailshard_failovers_total{namespace,shard,reason}` and `mailshard_failover_duration_seconds`.
+- `mailshard_reconcile_duration_seconds{kind}` and `mailshard_reconcile_errors_total{kind}`.
+- `mailshard_routing_table_version{namespace,cluster}` and
+  `mailshard_routing_table_updated_timestamp_seconds{namespace,cluster}` (age = `time() - …`).
+- `mailshard_api_writes_total{verb,kind}`: every write the operator makes, to prove idleness.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as TallyCounter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PHASES = ("Pending", "Provisioning", "Healthy", "Updating", "Degraded", "FailingOver", "Fenced", "Failed")
+
+
+@dataclass(frozen=True)
+class ShardFacts:
+    phase: str | None
+    lag_seconds: float | None
+
+
+class _ShardCollector(Collector):
+    """Exports the latest facts of each live shard at scrape time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._facts: dict[tuple[str, str], ShardFacts] = {}
+
+    def update(self, namespace: str, name: str, facts: ShardFacts) -> None:
+        with self._lock:
+            self._facts[(namespace, name)] = facts
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._facts.pop((namespace, name), None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            facts = dict(self._facts)
+        by_phase = GaugeMetricFamily("mailshard_shards", "MailShards by phase.", labels=["phase"])
+        tally = TallyCounter(f.phase for f in facts.values() if f.phase)
+        for phase in PHASES:
+            by_phase.add_metric([phase], tally.get(phase, 0))
+        yield by_phase
+        lag = GaugeMetricFamily(
+            "mailshard_replication_lag_seconds",
+            "Replication lag of each shard's replica, as its agent last reported it.",
+            labels=["namespace", "shard"],
+        )
+        for (namespace, name), fact in sorted(facts.items()):
+            if fact.lag_seconds is not None:
+                lag.add_metric([namespace, name], fact.lag_seconds)
+        yield lag
+
+
+class OperatorMetrics:
+    """Every metric of one operator process, on its own registry (tests build their own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.shards = _ShardCollector()
+        self.registry.register(self.shards)
+        self.failovers = Counter(
+            "mailshard_failovers_total",
+            "Replicas promoted to master, by reason.",
+            ["namespace", "shard", "reason"],
+            registry=self.registry,
+        )
+        self.failover_duration = Histogram(
+            "mailshard_failover_duration_seconds",
+            "Time from a master's loss to its replica serving.",
+            buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.reconcile_duration = Histogram(
+            "mailshard_reconcile_duration_seconds",
+            "Duration of one reconcile.",
+            ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "mailshard_reconcile_errors_total", "Reconciles that raised an error.", ["kind"], registry=self.registry
+        )
+        self.routing_version = Gauge(
+            "mailshard_routing_table_version",
+            "Version of each cluster's published routing table.",
+            ["namespace", "cluster"],
+            registry=self.registry,
+        )
+        self.routing_updated = Gauge(
+            "mailshard_routing_table_updated_timestamp_seconds",
+            "When each cluster's routing table last changed (Unix time).",
+            ["namespace", "cluster"],
+            registry=self.registry,
+        )
+        self.api_writes = Counter(
+            "mailshard_api_writes_total",
+            "Writes to the Kubernetes API, by verb and kind.",
+            ["verb", "kind"],
+            registry=self.registry,
+        )
