@@ -1,0 +1,490 @@
+"""One action per diagnosis: what the operator does about a shard now, and what it must record.
+
+Why this module exists: the rules that decide whether the replica is promoted
+are the ones that lose mail when wrong, so they are a pure function of
+`ShardFacts` (the current time included) that every test can drive, and the
+service layer only carries out the answer: it performs `action` on `member`,
+then writes `record` into the status (if it differs) and re-decides after
+`recheck_after` seconds at the latest.
+
+Each diagnosis has one action (and one only ever follows from it):
+
+- HEALTHY, MASTER_SUSPECT, REPLICA_SUSPECT, REPLICA_DOWN → WAIT, or
+  CLEAR_FAILING once a master that came back has stayed up.
+- MASTER_DOWN → MARK_FAILING, WAIT until `failingSince + delaySeconds`, then
+  START_FAILOVER if the replica may be promoted, else RAISE_ALARM.
+- BOTH_DOWN, MASTER_FENCED, REPLICA_FENCED, REPLICA_LAGGING → RAISE_ALARM.
+- UNCERTAIN → WAIT, then RAISE_ALARM once it has lasted `ALARM_AFTER_SECONDS`.
+- SPLIT_BRAIN → REPAIR_SPLIT_BRAIN: fence the member that is not the
+  recorded master (RAISE_ALARM when no master is recorded).
+- REPLICA_NEEDS_RESEED → RESEED_REPLICA: demote it, then unfence it.
+- NO_MASTER → ELECT_MASTER once both members answer, else WAIT.
+- FAILOVER_IN_PROGRESS → CONTINUE_FAILOVER with the next step; WAIT while a
+  step cannot run yet; ABORT_FAILOVER when the target is lost before its
+  promotion and the old master is up; RAISE_ALARM when a step is stuck.
+
+Rules that hold over every input (and are property-tested):
+
+- Only MASTER_DOWN starts a failover, only once `failingSince + delaySeconds`
+  has passed, and only to a replica that is up, unfenced and whose lag is
+  known and within `maxLagSeconds`. UNCERTAIN never promotes.
+- With `failover.enabled: false` the operator only reports: it never starts,
+  continues or repairs anything on its own. What a human asked for (a
+  switchover, and finishing one) still happens; so does choosing the first
+  master of a new pair, which is not a failover.
+- Flapping: `failingSince` is kept while the master comes back for less than
+  the delay (`FailoverPolicy.recovery_window_seconds`), so a master that falls
+  again is replaced once the delay has passed since its *first* fall, never
+  earlier and not never; a master that stays up for the delay is forgiven.
+- `route_to` names the only member routing may point at after the action, or
+  None: never two.
+- A planned switchover (`SWITCHOVER_ANNOTATION`) is considered only when
+  nothing else needs doing, and accepted only for a HEALTHY shard's replica.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Final
+
+from mailshard.api.v1alpha1 import FailoverRecord, MemberRole
+from mailshard.failover.diagnose import Diagnosis, Finding, diagnose, fresh_report, lag_bound
+from mailshard.failover.liveness import Liveness
+from mailshard.failover.observations import FailoverProgress, MemberFacts, RecordedState, ShardFacts
+from mailshard.failover.steps import FailoverStep, has_completed, next_step
+from mailshard.failover.uidnext import messages_at_risk, uidnext_floors
+
+
+class Action(enum.StrEnum):
+    """What the service layer does about a shard. Values are CamelCase, fit for Event reasons."""
+
+    WAIT = "Wait"
+    """Nothing to do now; decide again after `recheck_after`."""
+    MARK_FAILING = "MarkFailing"
+    """Record `failingSince`: the master was just seen down."""
+    CLEAR_FAILING = "ClearFailing"
+    """Forget `failingSince`: the master came back and stayed up."""
+    START_FAILOVER = "StartFailover"
+    """Record the failover to `member` (`targetMaster`); its steps follow as CONTINUE_FAILOVER."""
+    CONTINUE_FAILOVER = "ContinueFailover"
+    """Run `step` (addressing `member`'s agent when set), then record it done."""
+    ABORT_FAILOVER = "AbortFailover"
+    """Give up before promotion: unfence `member` (the old master) and route back to it."""
+    REPAIR_SPLIT_BRAIN = "RepairSplitBrain"
+    """Fence `member`, the member that claims master but is not the recorded master."""
+    RESEED_REPLICA = "ReseedReplica"
+    """Demote `member`, then unfence it, so it replicates from the master again."""
+    ELECT_MASTER = "ElectMaster"
+    """Record `member` as the first master of the pair."""
+    DRAIN_THEN_SWITCH = "DrainThenSwitch"
+    """Record a planned switchover to `member`; its steps follow as CONTINUE_FAILOVER."""
+    REJECT_SWITCHOVER = "RejectSwitchover"
+    """Refuse the requested switchover (remove the annotation, tell the human why)."""
+    RAISE_ALARM = "RaiseAlarm"
+    """Tell a human (a Warning Event and a Stalled condition); the operator will not act on its own."""
+
+
+PROMOTING: Final = frozenset({Action.START_FAILOVER, Action.DRAIN_THEN_SWITCH})
+"""The actions that choose a member to promote."""
+REPORTING_ONLY: Final = frozenset({Action.WAIT, Action.RAISE_ALARM, Action.CLEAR_FAILING})
+"""The actions that change no member and no routing; a switchover request is weighed only after one of these."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Exactly one action, why, and the status to record once it is done."""
+
+    action: Action
+    reason: str
+    diagnosis: Diagnosis
+    record: RecordedState
+    """The failover part of the status after the action; write it if it differs from what is stored."""
+    route_to: str | None
+    """The one member routing may point at after the action; None while routing is fenced or nobody is master."""
+    recheck_after: float
+    """Seconds after which to decide again at the latest, if no new observation arrives first."""
+    member: str | None = None
+    """The member the action addresses (see `Action`); None when it addresses nobody."""
+    step: FailoverStep | None = None
+    """The failover step to run, for CONTINUE_FAILOVER."""
+    uidnext_floors: Mapping[str, int] | None = None
+    """For the RAISE_UIDNEXT step: the minimum UIDNEXT per mailbox on the new master."""
+
+
+def decide(facts: ShardFacts) -> Decision:
+    """Diagnose the shard and choose the one thing to do about it."""
+    finding = diagnose(facts)
+    if finding.diagnosis is Diagnosis.FAILOVER_IN_PROGRESS:
+        return _drive_failover(facts, finding)
+    record = _track_timers(facts, finding)
+    decision = _act(facts, finding, record)
+    forgiven = facts.recorded.failing_since is not None and record.failing_since is None
+    if forgiven and decision.action in (Action.WAIT, Action.RAISE_ALARM):
+        why = f"{decision.reason}; the master has stayed up for the delay, so it is no longer failing"
+        decision = replace(decision, action=Action.CLEAR_FAILING, reason=why, recheck_after=0.0, member=None)
+    if facts.switchover_to is not None and decision.action in REPORTING_ONLY:
+        return _switchover(facts, finding, record, facts.switchover_to)
+    return decision
+
+
+# --- timers: failingSince, recoveringSince, uncertainSince --------------------------------------
+
+
+def _track_timers(facts: ShardFacts, finding: Finding) -> RecordedState:
+    """The timers after this observation; see "Flapping" in the module docstring."""
+    recorded, now, policy = facts.recorded, facts.now, facts.policy
+    failing, recovering = recorded.failing_since, recorded.recovering_since
+    if finding.diagnosis in (Diagnosis.MASTER_DOWN, Diagnosis.BOTH_DOWN):
+        failing, recovering = failing or now, None
+    elif failing is None:
+        recovering = None
+    elif _master_serves(facts, finding):
+        recovering = recovering or now
+        if _seconds(now - recovering) >= policy.recovery_window_seconds:
+            failing = recovering = None
+    uncertain = (recorded.uncertain_since or now) if finding.diagnosis is Diagnosis.UNCERTAIN else None
+    return replace(recorded, failing_since=failing, recovering_since=recovering, uncertain_since=uncertain)
+
+
+def _master_serves(facts: ShardFacts, finding: Finding) -> bool:
+    """Whether the recorded master is up and in its role, which is what undoes `failingSince`."""
+    master = facts.recorded.master
+    if master is None or finding.diagnosis in (Diagnosis.UNCERTAIN, Diagnosis.MASTER_FENCED):
+        return False
+    return finding.of(master).up
+
+
+# --- one action per diagnosis -----------------------------------------------------------------------
+
+
+def _act(facts: ShardFacts, finding: Finding, record: RecordedState) -> Decision:
+    policy, now, master = facts.policy, facts.now, facts.recorded.master
+    diagnosis, reason = finding.diagnosis, finding.reason
+
+    def decision(action: Action, why: str = reason, *, member: str | None = None, recheck: float = 0.0) -> Decision:
+        return Decision(action, why, diagnosis, record, _route_to(record), recheck, member)
+
+    def wait(why: str = reason) -> Decision:
+        return decision(Action.WAIT, why, recheck=_recheck(facts, record))
+
+    if diagnosis in (Diagnosis.HEALTHY, Diagnosis.MASTER_SUSPECT, Diagnosis.REPLICA_SUSPECT, Diagnosis.REPLICA_DOWN):
+        if record.recovering_since is not None:
+            return wait(f"{reason}; the master is back, and counts as failing until it has stayed up for the delay")
+        return wait()
+    if diagnosis in (Diagnosis.MASTER_FENCED, Diagnosis.REPLICA_FENCED, Diagnosis.REPLICA_LAGGING):
+        return decision(Action.RAISE_ALARM, reason, recheck=_poll(facts))
+    if diagnosis is Diagnosis.BOTH_DOWN:
+        return decision(Action.RAISE_ALARM, f"{reason}: no member can serve", recheck=_poll(facts))
+    if diagnosis is Diagnosis.UNCERTAIN:
+        assert record.uncertain_since is not None  # set by _track_timers for every UNCERTAIN
+        lasted = _seconds(now - record.uncertain_since)
+        if lasted >= policy.alarm_after_seconds:
+            return decision(
+                Action.RAISE_ALARM,
+                f"{reason}; uncertain for {lasted:.0f}s, so a human must decide (nobody is promoted meanwhile)",
+                recheck=_poll(facts),
+            )
+        return wait(f"{reason}; not promoting anyone while it is uncertain")
+    if diagnosis is Diagnosis.NO_MASTER:
+        return _elect(facts, finding, record)
+    if diagnosis is Diagnosis.SPLIT_BRAIN:
+        if master is None or not policy.enabled:
+            why = "no master is recorded to keep" if master is None else "automatic failover is disabled"
+            return decision(Action.RAISE_ALARM, f"{reason}; {why}: a human must fence one", recheck=_poll(facts))
+        return decision(Action.REPAIR_SPLIT_BRAIN, f"{reason}; fencing the other", member=facts.other(master).name)
+    if diagnosis is Diagnosis.REPLICA_NEEDS_RESEED:
+        assert master is not None  # NO_MASTER is diagnosed before
+        if not policy.enabled:
+            return decision(Action.RAISE_ALARM, f"{reason}; {_DISABLED}", recheck=_poll(facts))
+        return decision(Action.RESEED_REPLICA, f"{reason}; making it a replica again", member=facts.other(master).name)
+    return _master_down(facts, finding, record)
+
+
+_DISABLED: Final = "automatic failover is disabled (spec.failover.enabled: false), so a human must act"
+
+
+def _master_down(facts: ShardFacts, finding: Finding, record: RecordedState) -> Decision:
+    """MASTER_DOWN: mark, wait out the delay, then promote the replica if it may be."""
+    policy, now, recorded = facts.policy, facts.now, facts.recorded
+    assert recorded.master is not None  # NO_MASTER is diagnosed before
+    assert record.failing_since is not None  # MASTER_DOWN sets it in _track_timers
+    master, target = recorded.master, facts.other(recorded.master).name
+
+    def decision(action: Action, why: str, *, recheck: float, rec: RecordedState = record) -> Decision:
+        member = target if action is Action.START_FAILOVER else None
+        return Decision(action, why, finding.diagnosis, rec, _route_to(rec), recheck, member)
+
+    if not policy.enabled:
+        return decision(Action.RAISE_ALARM, f"{finding.reason}; {_DISABLED}", recheck=_poll(facts))
+    promote_at = record.failing_since + timedelta(seconds=policy.delay_seconds)
+    if now < promote_at:
+        action = Action.MARK_FAILING if recorded.failing_since is None else Action.WAIT
+        remaining = _seconds(promote_at - now)
+        why = f"{finding.reason}; promoting {target} in {remaining:.1f}s unless the master comes back"
+        return decision(action, why, recheck=min(remaining, policy.poll_interval_seconds))
+    refusal = promotion_refusal(facts, finding, target)
+    if refusal is not None:
+        transient = finding.of(target).liveness is Liveness.SUSPECT
+        action = Action.WAIT if transient else Action.RAISE_ALARM
+        return decision(action, f"{finding.reason}; not promoting {target}: {refusal}", recheck=_poll(facts))
+    target_facts, master_facts = facts.member(target), facts.member(master)
+    at_risk = None
+    if master_facts.report is not None and target_facts.report is not None:
+        old, new = master_facts.report.mailboxes, target_facts.report.mailboxes
+        at_risk = messages_at_risk(old, new) if old is not None and new is not None else None
+    progress = FailoverProgress(
+        source=master,
+        target=target,
+        planned=False,
+        started=now,
+        reason=finding.reason,
+        completed=None,
+        completed_at=now,
+        messages_at_risk=at_risk,
+    )
+    started = replace(record, failover=progress)
+    why = f"{finding.reason}; down since {record.failing_since.isoformat()}, promoting {target}"
+    return decision(Action.START_FAILOVER, why, recheck=0.0, rec=started)
+
+
+def promotion_refusal(facts: ShardFacts, finding: Finding, target: str) -> str | None:
+    """Why `target` must not be promoted automatically now, or None if it may be."""
+    health = finding.of(target)
+    if not health.up:
+        return f"it is not up ({health.reason})"
+    member = facts.member(target)
+    report = fresh_report(member, health)
+    if report is None or report.fenced:
+        return "it is fenced"
+    lag = lag_bound(member, facts.now, resolution=facts.policy.poll_interval_seconds)
+    if lag is None:
+        return "its replication lag is unknown, so the mail it lacks cannot be bounded"
+    if lag > facts.policy.max_lag_seconds:
+        return f"it may be {lag:.1f}s behind, more than the {facts.policy.max_lag_seconds:g}s allowed (maxLagSeconds)"
+    return None
+
+
+def _elect(facts: ShardFacts, finding: Finding, record: RecordedState) -> Decision:
+    """NO_MASTER: once both members answer, the one that claims master, else the more advanced, else the first."""
+    not_up = [h.reason for h in finding.health if not h.up]
+    if not_up:
+        why = f"{finding.reason}; waiting for both members before choosing: {'; '.join(not_up)}"
+        return Decision(Action.WAIT, why, finding.diagnosis, record, None, _poll(facts))
+    chosen = max(facts.members, key=_election_rank).name
+    elected = replace(record, master=chosen)
+    why = f"{finding.reason}; electing {chosen}"
+    return Decision(Action.ELECT_MASTER, why, finding.diagnosis, elected, chosen, 0.0, chosen)
+
+
+def _election_rank(member: MemberFacts) -> tuple[bool, bool, int]:
+    """Higher is better: claims master unfenced, claims master at all, most mail (ties: the first member wins)."""
+    report = member.report
+    if report is None:
+        return (False, False, -1)
+    mail = sum(row.uidnext for row in report.mailboxes) if report.mailboxes is not None else -1
+    return (report.claims_master, report.role is MemberRole.MASTER, mail)
+
+
+# --- planned switchover ------------------------------------------------------------------------------
+
+
+def _switchover(facts: ShardFacts, finding: Finding, record: RecordedState, wanted: str) -> Decision:
+    """A human asked for `wanted` to become master: accept only a HEALTHY shard's replica."""
+    master, now = facts.recorded.master, facts.now
+
+    def reject(why: str) -> Decision:
+        return Decision(
+            Action.REJECT_SWITCHOVER,
+            f"switchover to {wanted!r} rejected: {why}",
+            finding.diagnosis,
+            record,
+            _route_to(record),
+            0.0,
+            wanted if wanted in facts.names else None,
+        )
+
+    if wanted not in facts.names:
+        return reject(f"it is not a member of this shard (the members are {' and '.join(facts.names)})")
+    if master is None:
+        return reject("the shard has no master yet")
+    if wanted == master:
+        return reject(f"{wanted} is already the master")
+    if finding.diagnosis is not Diagnosis.HEALTHY:
+        return reject(f"the shard is not healthy ({finding.diagnosis.value}: {finding.reason})")
+    refusal = promotion_refusal(facts, finding, wanted)
+    if refusal is not None:
+        return reject(refusal)
+    progress = FailoverProgress(
+        source=master,
+        target=wanted,
+        planned=True,
+        started=now,
+        reason=f"switchover to {wanted} requested",
+        completed=None,
+        completed_at=now,
+    )
+    switching = replace(record, failover=progress)
+    why = f"switchover to {wanted} requested; draining {master} first so nothing is lost"
+    return Decision(Action.DRAIN_THEN_SWITCH, why, finding.diagnosis, switching, master, 0.0, wanted)
+
+
+# --- a failover under way ----------------------------------------------------------------------------
+
+
+def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
+    """FAILOVER_IN_PROGRESS: the next step from the record, unless the old master needs fencing again or all is lost."""
+    recorded, policy, now = facts.recorded, facts.policy, facts.now
+    progress = recorded.failover
+    assert progress is not None  # FAILOVER_IN_PROGRESS means there is one
+    source, target = progress.source, progress.target
+    source_health, target_health = finding.of(source), finding.of(target)
+    source_report = fresh_report(facts.member(source), source_health)
+    kind = "switchover" if progress.planned else "failover"
+    waited = _seconds(now - progress.completed_at)
+    diagnosis = finding.diagnosis
+
+    def run(
+        step: FailoverStep, why: str, *, member: str | None = None, floors: Mapping[str, int] | None = None
+    ) -> Decision:
+        done = replace(recorded, failover=replace(progress, completed=step, completed_at=now))
+        if step is FailoverStep.RECORD:
+            done = _completed(recorded, progress, now)
+        why = f"{kind} to {target}: {why}"
+        return Decision(Action.CONTINUE_FAILOVER, why, diagnosis, done, _route_to(done), 0.0, member, step, floors)
+
+    def hold(action: Action, why: str) -> Decision:
+        return Decision(action, f"{kind} to {target}: {why}", diagnosis, recorded, _route_to(recorded), _poll(facts))
+
+    def abort(why: str) -> Decision:
+        back = replace(recorded, failover=None)
+        return Decision(
+            Action.ABORT_FAILOVER, f"{kind} to {target} abandoned: {why}", diagnosis, back, source, 0.0, source
+        )
+
+    if not policy.enabled and not progress.planned:
+        return hold(Action.RAISE_ALARM, f"halted; {_DISABLED}")
+
+    fenced_before = has_completed(progress.completed, FailoverStep.FENCE_OLD_MASTER)
+    rejoined = has_completed(progress.completed, FailoverStep.REJOIN_OLD_MASTER)
+    if fenced_before and not rejoined and source_report is not None and source_report.claims_master:
+        refence = Decision(
+            Action.CONTINUE_FAILOVER,
+            f"{kind} to {target}: the old master {source} claims master again; fencing it again first",
+            diagnosis,
+            recorded,
+            _route_to(recorded),
+            0.0,
+            source,
+            FailoverStep.FENCE_OLD_MASTER,
+        )
+        return refence
+
+    promoted = has_completed(progress.completed, FailoverStep.PROMOTE)
+    target_lost = target_health.liveness in (Liveness.DOWN, Liveness.SILENT)
+    if not promoted and target_lost and source_health.up:
+        return abort(f"{target_health.reason}; {source} is up and stays master")
+
+    step = next_step(progress.completed)
+    if step is FailoverStep.FENCE_ROUTING:
+        return run(step, f"cutting {source} off from the routing layer")
+    if step is FailoverStep.DRAIN:
+        if not source_health.up:
+            return run(step, f"nothing to drain: {source_health.reason}")
+        since = progress.completed_at + timedelta(seconds=policy.poll_interval_seconds)
+        if _caught_up(facts.member(target), since):
+            return run(step, f"{target} holds everything {source} accepted")
+        if waited >= policy.drain_timeout_seconds:
+            if progress.planned:
+                return abort(f"{target} did not catch up within {waited:.0f}s; {source} stays master")
+            return run(step, f"gave up waiting {waited:.0f}s for {target} to catch up with {source}")
+        return hold(Action.WAIT, f"waiting for {target} to catch up with {source} ({waited:.0f}s so far)")
+    if step is FailoverStep.FENCE_OLD_MASTER:
+        if source_report is None:
+            return run(step, f"{source} cannot be told ({source_health.reason}); the routing fence keeps writes away")
+        return run(step, f"fencing {source}", member=source)
+    if step in (FailoverStep.PROMOTE, FailoverStep.RAISE_UIDNEXT):
+        target_facts = facts.member(target)
+        target_report = fresh_report(target_facts, target_health)
+        if not target_health.up or target_report is None or target_report.fenced:
+            problem = target_health.reason if not target_health.up else f"{target} is fenced"
+            if waited >= policy.alarm_after_seconds:
+                return hold(Action.RAISE_ALARM, f"stuck at {step.value} for {waited:.0f}s: {problem}")
+            return hold(Action.WAIT, f"waiting to {step.value}: {problem}")
+        if step is FailoverStep.PROMOTE:
+            return run(step, f"promoting {target}", member=target)
+        old_report = facts.member(source).report
+        floors = uidnext_floors(
+            target_report.mailboxes or (),
+            old_report.mailboxes if old_report is not None else None,
+            gap=policy.uid_gap,
+        )
+        return run(
+            step, f"raising UIDNEXT on {target} above anything {source} may have assigned", member=target, floors=floors
+        )
+    if step is FailoverStep.REPOINT_ROUTING:
+        return run(step, f"pointing the routing layer at {target}")
+    if step is FailoverStep.REJOIN_OLD_MASTER:
+        if not source_health.up:
+            return run(step, f"{source} is not up to rejoin ({source_health.reason}); it is reseeded when it returns")
+        return run(step, f"{source} rejoins as replica", member=source)
+    return run(FailoverStep.RECORD, f"{target} is master")
+
+
+def _completed(recorded: RecordedState, progress: FailoverProgress, now: datetime) -> RecordedState:
+    """The status once a failover is over: the new master, the record of it, every timer cleared."""
+    outage_from = progress.started if progress.planned else (recorded.failing_since or progress.started)
+    return RecordedState(
+        master=progress.target,
+        last_failover=FailoverRecord(
+            from_member=progress.source,
+            to_member=progress.target,
+            reason=progress.reason,
+            started=progress.started,
+            duration_seconds=max(0.0, _seconds(now - outage_from)),
+            messages_at_risk=progress.messages_at_risk,
+        ),
+    )
+
+
+def _caught_up(member: MemberFacts, since: datetime) -> bool:
+    """Whether the member was seen fully in sync after `since` (the routing fence, plus one poll to settle)."""
+    if member.lag is not None and member.lag.seconds == 0 and member.lag.measured_at >= since:
+        return True
+    return member.last_in_sync is not None and member.last_in_sync >= since
+
+
+# --- small helpers -----------------------------------------------------------------------------------
+
+
+def _route_to(record: RecordedState) -> str | None:
+    """Where routing points given a record: the master, nobody while a failover has fenced it, then the target."""
+    progress = record.failover
+    if progress is None:
+        return record.master
+    if progress.completed is None:
+        return progress.source
+    if has_completed(progress.completed, FailoverStep.REPOINT_ROUTING):
+        return progress.target
+    return None
+
+
+def _recheck(facts: ShardFacts, record: RecordedState) -> float:
+    """Seconds to the next moment time alone could change the decision, at most one poll interval."""
+    policy, now = facts.policy, facts.now
+    deadlines = []
+    if record.recovering_since is not None:
+        deadlines.append(record.recovering_since + timedelta(seconds=policy.recovery_window_seconds))
+    if record.uncertain_since is not None:
+        deadlines.append(record.uncertain_since + timedelta(seconds=policy.alarm_after_seconds))
+    return min([policy.poll_interval_seconds, *(max(0.0, _seconds(d - now)) for d in deadlines)])
+
+
+def _poll(facts: ShardFacts) -> float:
+    return facts.policy.poll_interval_seconds
+
+
+def _seconds(delta: timedelta) -> float:
+    return delta.total_seconds()
