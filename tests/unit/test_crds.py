@@ -159,7 +159,7 @@ def test_printer_columns(kind: str, columns: list[tuple[str, str, str]]) -> None
         ("MailCluster", "spec.shardDefaults.replication.mode", "async"),
         ("MailCluster", "spec.shardDefaults.replication.maxLagSeconds", 30),
         ("MailCluster", "spec.shardDefaults.failover.enabled", True),
-        ("MailCluster", "spec.shardDefaults.failover.delaySeconds", 5),
+        ("MailCluster", "spec.shardDefaults.failover.delaySeconds", 1),
         ("MailCluster", "spec.shardDefaults.compression", "none"),
     ],
 )

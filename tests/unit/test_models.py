@@ -114,7 +114,7 @@ def test_standalone_shard_gets_the_built_in_defaults() -> None:
     assert resolved.replication.max_lag_seconds == 30
     assert resolved.replication.port == 12345
     assert resolved.failover.enabled is True
-    assert resolved.failover.delay_seconds == 5
+    assert resolved.failover.delay_seconds == 1
     assert resolved.compression is Compression.NONE
     assert resolved.resources.to_manifest() == {}
     assert resolved.cluster_name is None

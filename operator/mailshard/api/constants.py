@@ -48,6 +48,9 @@ LABEL_ROLE: Final = f"{GROUP}/role"
 """`master` or `replica`. Changes at failover; the `<shard>-master` Service selects on it."""
 
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
+ANNOTATION_FENCED: Final = f"{GROUP}/fenced"
+"""Set to "true" on a MailShard (`kubectl mailshard fence`) to fence it: the routing table marks it fenced and
+proxies refuse its users with temporary errors until it is removed (`kubectl mailshard unfence`)."""
 """SHA-256 of the runtime config in the pod template, so a config change is a new revision."""
 
 # --- Ports --------------------------------------------------------------------------------------

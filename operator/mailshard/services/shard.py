@@ -23,7 +23,7 @@ from typing import Any, Final
 import pydantic
 
 from mailshard import __version__
-from mailshard.api.constants import LABEL_ROLE, LABEL_SHARD
+from mailshard.api.constants import ANNOTATION_FENCED, LABEL_ROLE, LABEL_SHARD
 from mailshard.api.quantity import parse_quantity
 from mailshard.api.v1alpha1 import (
     MailCluster,
@@ -124,7 +124,7 @@ class ShardReconciler:
             created, reverted = self._ensure_children(shard, master)
             self._ensure_volume_sizes(shard)
             self._ensure_pod_roles(shard, master)
-            observation = self._observe(shard, master, previous)
+            observation = self._observe(shard, master, previous, fenced=_fence_request(body))
             status = compute_shard_status(observation, previous=previous, now=now)
         except UnactionableSpecError as failure:
             status = failed_status(previous, generation=generation, problem=failure.problem, now=now)
@@ -253,7 +253,9 @@ class ShardReconciler:
     def _pods(self, shard: ResolvedShard) -> list[Manifest]:
         return self.api.list("Pod", shard.namespace, label_selector=f"{LABEL_SHARD}={shard.name}")
 
-    def _observe(self, shard: ResolvedShard, master: str, previous: MailShardStatus | None) -> ShardObservation:
+    def _observe(
+        self, shard: ResolvedShard, master: str, previous: MailShardStatus | None, *, fenced: Problem | None
+    ) -> ShardObservation:
         pods = {pod["metadata"]["name"]: pod for pod in self._pods(shard)}
         members = []
         for member in shard.members:
@@ -278,6 +280,7 @@ class ShardReconciler:
             max_lag_seconds=shard.spec.replication.max_lag_seconds,
             last_failover=previous.last_failover if previous is not None else None,
             mailboxes=previous.mailboxes if previous is not None else None,
+            fenced=fenced,
         )
 
     # ------------------------------------------------------------- outputs
@@ -356,6 +359,18 @@ class ShardReconciler:
                 "VolumesRetained",
                 f"kept the mail volumes {', '.join(existing)} (reclaimPolicy Retain); delete them by hand when done",
             )
+
+
+def _fence_request(body: Manifest) -> Problem | None:
+    """A human fenced the shard (`kubectl mailshard fence`): serve nobody until they unfence it."""
+    value = (body["metadata"].get("annotations") or {}).get(ANNOTATION_FENCED)
+    if value != "true":
+        return None
+    return Problem(
+        reason="FencedByRequest",
+        message=f"fenced by the {ANNOTATION_FENCED} annotation: users get temporary errors until "
+        "`kubectl mailshard unfence` removes it",
+    )
 
 
 def _member_of(pod: Manifest, shard: ResolvedShard) -> str | None:

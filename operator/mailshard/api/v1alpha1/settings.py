@@ -35,7 +35,7 @@ from mailshard.api.v1alpha1.common import JsonSchema, ResourceRequirements, Spec
 DEFAULT_MAILBOXES: Final = 2000
 DEFAULT_STORAGE_SIZE: Final = "10Gi"
 DEFAULT_MAX_LAG_SECONDS: Final = 30
-DEFAULT_FAILOVER_DELAY_SECONDS: Final = 5
+DEFAULT_FAILOVER_DELAY_SECONDS: Final = 1
 
 RESERVED_PORTS: Final = (LMTP_PORT, POP3_PORT, IMAP_PORT, MANAGESIEVE_PORT, AGENT_PORT)
 """Ports the pod already uses, which the replication listener must not take."""
@@ -123,11 +123,11 @@ _FAILOVER_ENABLED = (
     "only reports the failure."
 )
 _FAILOVER_DELAY = (
-    "Seconds the master must stay unavailable, counted from when the operator first sees it so, "
-    "before the replica is promoted. The default of 5 seconds outlasts one readiness probe period "
-    "(5 seconds), so a single slow probe or a short network blip does not trade the async "
-    "replication window of mail for a failover, while a real failure still moves the mail service "
-    "in well under a minute."
+    "Seconds the master must stay down, after the operator has declared it down from its agent's "
+    "heartbeats (2 missed polls and 2 s of silence), before the replica is promoted. The default of 1 "
+    "second keeps master loss to serving within about 5 seconds (at most 2.5 s to declare it down, the "
+    "delay, then 1 to 1.5 s of failover steps), while a blip shorter than about 3 s of silence, or one "
+    "restart of a crashed daemon by its agent, never triggers a failover."
 )
 _COMPRESSION = (
     "Compression of message files at rest: none, or zlib (gzip). It applies to messages written "
