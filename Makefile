@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_MARKERS ?= unit or integration or mail
 
 .PHONY: help venv check lint typecheck layers crds crds-check chart-lint test test-unit test-integration test-mail images image-deps mail-deps \
-        build-k8s cluster-up cluster-down cluster-status demo clean
+        build-k8s cluster-up cluster-down cluster-status demo clean \
+        node-deps build-node e2e-up e2e-down test-e2e e2e-kind
 
 help:
 	@echo "make test          install what is needed, run checks and every tier this machine can run"
@@ -15,6 +16,9 @@ help:
 	@echo "make cluster-up    start a local control plane (prints its KUBECONFIG)"
 	@echo "make cluster-down  stop it"
 	@echo "make test-unit | test-integration | test-mail   one tier"
+	@echo "make e2e-up        start this machine's real node (root; after make images) and print its KUBECONFIG"
+	@echo "make e2e-down      stop it, and check it left the host as it found it"
+	@echo "make test-e2e      the e2e tier on the real node (or on KUBECONFIG); make e2e-kind: on a 3-node kind cluster"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +29,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tests bench e2e
+	$(BIN)/ruff format --check operator tests bench e2e
 
 typecheck: venv
 	$(BIN)/mypy
@@ -71,8 +75,11 @@ define run_pytest
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests selected by -m '$(1)'"; exit 0; fi; exit $$rc
 endef
 
-test: check build-k8s mail-deps images
+# Every tier this machine can run: unit, integration and mail in one session (one KWOK control plane), then
+# e2e on the real node (its own control plane, bound to the node's bridge).
+test: check build-k8s mail-deps images node-deps build-node
 	$(call run_pytest,$(PYTEST_MARKERS),)
+	$(call run_pytest,e2e,e2e)
 
 test-unit: venv
 	$(call run_pytest,unit,)
@@ -99,3 +106,42 @@ demo: venv build-k8s
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The real-node (e2e) tier. containerd, runc, CNI plugins, iptables, podman and gcc from Debian.
+node-deps:
+	bash .ci/install-node-deps
+
+build-node: venv
+	$(BIN)/python -m mailshard_harness build --with-kubelet
+
+# The node imports the images `make images` built last; run that after changing what they carry.
+e2e-up: venv node-deps build-node
+	$(BIN)/python -m mailshard_harness node-up
+
+e2e-down: venv
+	$(BIN)/python -m mailshard_harness node-down
+
+test-e2e: venv node-deps build-node
+	$(call run_pytest,e2e,e2e)
+
+# The same tests on a 3-node kind cluster (needs kind and docker; not possible on our machines): our images,
+# built by podman, go into docker and are loaded into every node with `kind load docker-image`.
+KIND ?= kind
+KIND_CLUSTER ?= mailshard-e2e
+KIND_IMAGE ?=
+KIND_KUBECONFIG := $(CURDIR)/.cluster/kind-$(KIND_CLUSTER).kubeconfig
+E2E_IMAGES := operator dovecot cyrus
+MAILSHARD_VERSION = $(shell $(BIN)/python -c 'import mailshard; print(mailshard.__version__)')
+
+e2e-kind: venv images
+	@mkdir -p $(dir $(KIND_KUBECONFIG))
+	$(KIND) get clusters | grep -qx '$(KIND_CLUSTER)' || \
+	  $(KIND) create cluster --name $(KIND_CLUSTER) --config e2e/kind-config.yaml --wait 300s \
+	    $(if $(KIND_IMAGE),--image $(KIND_IMAGE))
+	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > $(KIND_KUBECONFIG)
+	set -e; for name in $(E2E_IMAGES); do \
+	  podman save --format docker-archive localhost/mailshard/$$name:$(MAILSHARD_VERSION) | docker load; \
+	  docker tag localhost/mailshard/$$name:$(MAILSHARD_VERSION) mailshard/$$name:$(MAILSHARD_VERSION); \
+	  $(KIND) load docker-image mailshard/$$name:$(MAILSHARD_VERSION) --name $(KIND_CLUSTER); \
+	done
+	export MAILSHARD_KUBECONFIG=$(KIND_KUBECONFIG); $(call run_pytest,e2e,e2e)

@@ -1,8 +1,9 @@
-"""Shell entry point of the harness: build, start, inspect and stop control-plane instances."""
+"""Shell entry point of the harness: build, start, inspect and stop control-plane instances and the real node."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailshard-harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     build_cmd = commands.add_parser("build", help="build (or find cached) pinned binaries and install etcd")
-    build_cmd.add_argument("--with-kubelet", action="store_true", help="also build kubelet (for the real-node tier)")
+    build_cmd.add_argument(
+        "--with-kubelet", action="store_true", help="also build kubelet, kube-proxy and CoreDNS (the real-node tier)"
+    )
     up = commands.add_parser("up", help="start a control plane and print its KUBECONFIG")
     up.add_argument("--name", default="default", help="instance name (its dir is <cache>/run/<name>)")
     up.add_argument("--nodes", type=int, default=3, help="number of KWOK nodes")
@@ -32,8 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     images = commands.add_parser("images", help="build the operator, dovecot and cyrus images with podman")
     images.add_argument("--only", action="append", help="build only this image (repeatable)")
     images.add_argument("--rebuild-base", action="store_true", help="debootstrap the base image again")
+    node_up = commands.add_parser("node-up", help="start the machine's real node (root): control plane, kubelet, DNS")
+    node_up.add_argument(
+        "--subnet", default=None, help="the node bridge subnet (default: MAILSHARD_NODE_SUBNET or built in)"
+    )
+    commands.add_parser("node-down", help="stop the real node and check it left nothing behind")
+    commands.add_parser("node-status", help="show the real node's processes, timings and kubeconfig")
     provisioner = commands.add_parser("provisioner", help="(internal) run the local-volume provisioner")
     provisioner.add_argument("--kubeconfig", required=True)
+    provisioner.add_argument("--volumes-dir", default=None, help="create and remove each PV's directory here")
     return parser
 
 
@@ -85,10 +95,55 @@ def _run(args: argparse.Namespace) -> int:
         from mailshard_harness.demo import run_demo
 
         return run_demo()
+    elif args.command in ("node-up", "node-down", "node-status"):
+        return _node_command(args)
     elif args.command == "provisioner":
         from mailshard_harness.storage import main as provisioner_main
 
-        return provisioner_main(args.kubeconfig)
+        return provisioner_main(args.kubeconfig, args.volumes_dir)
+    return 0
+
+
+def _node_command(args: argparse.Namespace) -> int:
+    from mailshard_harness.node import NodeConfig, NodeHarness, NodeState, node_root
+
+    if args.command == "node-up":
+        config = NodeConfig()
+        if args.subnet:
+            config.subnet = args.subnet
+        # A SIGTERM (a CI timeout, `kill`) tears the node down like Ctrl-C does.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        node = NodeHarness.start(config)
+        for name, seconds in node.state.timings.items():
+            print(f"{name}: {seconds} s")
+        print(f"export KUBECONFIG={node.kubeconfig}")
+    elif args.command == "node-down":
+        state = NodeState.load(node_root() / "run" / "node-state.json")
+        node = NodeHarness(node_root(), state or NodeState())
+        if not node.exists():
+            print("no node on this machine (nothing to stop)")
+            return 0
+        started = time.monotonic()
+        problems = node.stop()
+        print(f"node stopped in {time.monotonic() - started:.1f} s")
+        if problems:
+            print("the host differs from before the node started:", file=sys.stderr)
+            for line in problems:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+        print("left nothing behind: processes, mounts, iptables chains, bridge, cgroups and sysctls as before")
+    else:
+        running = NodeHarness.running()
+        if running is None:
+            print("no node running")
+            return 0
+        for record in running.state.processes:
+            print(f"{record.name:<24} pid {record.pid:<8} {record.log}")
+        for name, seconds in running.state.timings.items():
+            print(f"{name}: {seconds} s")
+        rss = running.rss_bytes()
+        print(f"RSS: {sum(rss.values()) / 2**20:.0f} MiB")
+        print(f"export KUBECONFIG={running.kubeconfig}")
     return 0
 
 

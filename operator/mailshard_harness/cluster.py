@@ -15,6 +15,7 @@ reaps it, touching only processes whose command line names its directory.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ import yaml
 
 from mailshard_harness import build, processes, versions
 from mailshard_harness.errors import HarnessError, log_tail
-from mailshard_harness.pki import ClusterPKI, create_pki
+from mailshard_harness.pki import ClientIdentity, ClusterPKI, create_pki
 from mailshard_harness.processes import ProcessRecord
 from mailshard_harness.storage import STORAGE_CLASS_NAME, storage_class_manifest
 
@@ -49,9 +50,9 @@ def runs_root() -> Path:
     return build.cache_root() / "run"
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -70,6 +71,15 @@ class ClusterConfig:
     directory: Path | None = None
     api_port: int | None = None
     """A fixed apiserver port (e.g. for a stable kubeconfig); free ports are picked when None."""
+    bind_address: str = "127.0.0.1"
+    """Where kube-apiserver listens and what it advertises. The real-node tier binds it to its bridge's IP
+    so pods reach it through the `kubernetes` Service; anything but loopback publishes that endpoint."""
+    client_identities: tuple[ClientIdentity, ...] = ()
+    """Client certificates to issue besides the components' own (the real node's kubelet, kube-proxy)."""
+    volumes_dir: Path | None = None
+    """When set, the provisioner creates each local PV's directory under it (a real kubelet mounts it)."""
+    after_apiserver: Callable[[ControlPlane], None] | None = None
+    """Called as soon as kube-apiserver is ready (the real node starts its kubelet there, not seconds later)."""
 
     @property
     def instance_dir(self) -> Path:
@@ -84,6 +94,7 @@ class ClusterState:
     owner_pid: int | None = None
     owner_start_ticks: int | None = None
     api_port: int = 0
+    api_host: str = "127.0.0.1"
     etcd_port: int = 0
     nodes: list[str] = field(default_factory=list)
     processes: list[ProcessRecord] = field(default_factory=list)
@@ -94,13 +105,14 @@ class ClusterState:
 
     @property
     def api_url(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.api_host}:{self.api_port}"
 
     def save(self) -> None:
         data = {
             "owner_pid": self.owner_pid,
             "owner_start_ticks": self.owner_start_ticks,
             "api_port": self.api_port,
+            "api_host": self.api_host,
             "etcd_port": self.etcd_port,
             "nodes": self.nodes,
             "processes": [p.to_json() for p in self.processes],
@@ -120,6 +132,7 @@ class ClusterState:
             owner_pid=data.get("owner_pid"),
             owner_start_ticks=data.get("owner_start_ticks"),
             api_port=int(data.get("api_port", 0)),
+            api_host=str(data.get("api_host", "127.0.0.1")),
             etcd_port=int(data.get("etcd_port", 0)),
             nodes=list(data.get("nodes", [])),
             processes=[ProcessRecord.from_json(p) for p in data.get("processes", [])],
@@ -243,10 +256,15 @@ class ControlPlane:
     def _start_components(self, config: ClusterConfig, binaries: dict[str, Path], etcd: Path) -> None:
         started = time.monotonic()
         owned = config.owner_pid is not None
-        pki = create_pki(self.directory / "pki")
+        pki = create_pki(
+            self.directory / "pki",
+            server_ips=tuple(dict.fromkeys(("127.0.0.1", config.bind_address))),
+            extra_identities=config.client_identities,
+        )
         state = self.state
         state.etcd_port, etcd_peer = _free_port(), _free_port()
-        state.api_port = config.api_port or _free_port()
+        state.api_host = config.bind_address
+        state.api_port = config.api_port or _free_port(config.bind_address)
         state.save()
 
         etcd_dir = _etcd_data_dir(self.directory)
@@ -272,10 +290,14 @@ class ControlPlane:
         )
         self._wait("etcd", child, lambda: _http_ok(f"http://127.0.0.1:{state.etcd_port}/health"))
 
-        child = self._spawn("kube-apiserver", self._apiserver_argv(binaries["kube-apiserver"], pki), owned)
+        child = self._spawn(
+            "kube-apiserver", self._apiserver_argv(binaries["kube-apiserver"], pki, config.bind_address), owned
+        )
         self._write_kubeconfigs(pki)
         self._wait("kube-apiserver", child, lambda: self._api_ok("/readyz"))
         _say(f"kube-apiserver ready at {state.api_url} after {time.monotonic() - started:.1f} s")
+        if config.after_apiserver is not None:
+            config.after_apiserver(self)
 
         child = self._spawn(
             "kube-controller-manager", self._controller_manager_argv(binaries["kube-controller-manager"], pki), owned
@@ -284,7 +306,8 @@ class ControlPlane:
         child = self._spawn("kube-scheduler", self._scheduler_argv(binaries["kube-scheduler"]), owned)
         self._wait("kube-scheduler", child, lambda: _https_ok(self._component_health("scheduler")))
 
-        child = self._spawn("kwok", self._kwok_argv(binaries["kwok"]), owned)
+        # With no KWOK nodes (the real-node tier brings its own kubelet) KWOK has nothing to do.
+        kwok = self._spawn("kwok", self._kwok_argv(binaries["kwok"]), owned) if config.nodes else None
         provisioner = self._spawn(
             "local-provisioner",
             [
@@ -293,25 +316,37 @@ class ControlPlane:
                 "mailshard_harness",
                 "provisioner",
                 f"--kubeconfig={self.kubeconfig}",
+                *([f"--volumes-dir={config.volumes_dir}"] if config.volumes_dir else []),
             ],
             owned,
         )
         self._apply([storage_class_manifest(), *self._node_manifests(config)])
         self.state.nodes = [f"kwok-node-{i}" for i in range(config.nodes)]
         self.state.save()
-        self._wait("kwok", child, self._all_nodes_ready, also=[("local-provisioner", provisioner)])
+        if kwok is None:
+            _say(f"control plane ready after {time.monotonic() - started:.1f} s (no KWOK nodes)")
+            return
+        self._wait("kwok", kwok, self._all_nodes_ready, also=[("local-provisioner", provisioner)])
         _say(
             f"{config.nodes} nodes Ready after {time.monotonic() - started:.1f} s; export KUBECONFIG={self.kubeconfig}"
         )
 
-    def _apiserver_argv(self, binary: Path, pki: ClusterPKI) -> list[str]:
+    def _apiserver_argv(self, binary: Path, pki: ClusterPKI, bind_address: str = "127.0.0.1") -> list[str]:
         state = self.state
+        if ipaddress.ip_address(bind_address).is_loopback:
+            # Loopback is not a valid endpoint address, so the apiserver must
+            # not try to publish itself in the `kubernetes` Service.
+            endpoints = ["--endpoint-reconciler-type=none"]
+        else:
+            # Pods on a real node reach it through the `kubernetes` Service, and it reaches
+            # that node's kubelet (logs, exec) at the node's InternalIP.
+            endpoints = ["--kubelet-preferred-address-types=InternalIP"]
         return [
             str(binary),
             f"--etcd-servers=http://127.0.0.1:{state.etcd_port}",
             f"--etcd-prefix=/registry-{self.directory.name}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={bind_address}",
+            f"--advertise-address={bind_address}",
             f"--secure-port={state.api_port}",
             f"--cert-dir={self.directory / 'pki'}",
             f"--tls-cert-file={pki.apiserver_cert}",
@@ -325,9 +360,7 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
-            # Loopback is not a valid endpoint address, so the apiserver must
-            # not try to publish itself in the `kubernetes` Service.
-            "--endpoint-reconciler-type=none",
+            *endpoints,
             "--profiling=false",
             "--max-requests-inflight=800",
             "--max-mutating-requests-inflight=400",
@@ -436,6 +469,9 @@ class ControlPlane:
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             f"--cidr={POD_CIDR}",
             "--node-ip=10.244.0.1",
+            # Explicit, because an options file without it leaves leases off: nodes would then
+            # heartbeat only every ~10 minutes and the node controller would mark them NotReady.
+            "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{self._ports()['kwok']}",
         ]
 
@@ -462,6 +498,13 @@ class ControlPlane:
             }
             for i in range(config.nodes)
         ]
+
+    def write_kubeconfig(self, stem: str, path: Path) -> Path:
+        """A kubeconfig for the client certificate `stem` (one of the PKI's identities), mode 0600."""
+        pki = ClusterPKI(self.directory / "pki")
+        path.write_text(yaml.safe_dump(_kubeconfig(self.state.api_url, pki, stem, self.directory.name)))
+        path.chmod(0o600)
+        return path
 
     def _write_kubeconfigs(self, pki: ClusterPKI) -> None:
         for stem, path in (
@@ -527,7 +570,16 @@ class ControlPlane:
     def _apply(self, manifests: list[dict[str, Any]]) -> None:
         kubectl = build.bin_path(versions.KUBECTL_BINARY)
         result = subprocess.run(
-            [str(kubectl), f"--kubeconfig={self.kubeconfig}", "apply", "--server-side", "-f", "-"],
+            # A discovery cache per instance, not one more directory in ~/.kube/cache per run.
+            [
+                str(kubectl),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--cache-dir={self.directory / 'kube-cache'}",
+                "apply",
+                "--server-side",
+                "-f",
+                "-",
+            ],
             input=yaml.safe_dump_all(manifests),
             capture_output=True,
             text=True,

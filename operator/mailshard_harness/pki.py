@@ -36,6 +36,13 @@ CLIENT_IDENTITIES = (
     ClientIdentity("scheduler", "system:kube-scheduler"),
     ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("kubeadm:cluster-admins",)),
 )
+KUBE_PROXY_IDENTITY = ClientIdentity("kube-proxy", "system:kube-proxy")
+"""kube-proxy of the real-node tier; the bootstrap RBAC policy binds system:node-proxier to this user."""
+
+
+def node_identity(node_name: str) -> ClientIdentity:
+    """A kubelet's identity: the Node authorizer only lets `system:node:<name>` in `system:nodes` act for its node."""
+    return ClientIdentity(f"node-{node_name}", f"system:node:{node_name}", ("system:nodes",))
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
@@ -143,8 +150,13 @@ class ClusterPKI:
         return self.directory / f"{stem}.key"
 
 
-def create_pki(directory: Path, *, server_ips: tuple[str, ...] = ("127.0.0.1",)) -> ClusterPKI:
-    """A CA, the apiserver's serving cert, a client cert per component and the SA key pair."""
+def create_pki(
+    directory: Path,
+    *,
+    server_ips: tuple[str, ...] = ("127.0.0.1",),
+    extra_identities: tuple[ClientIdentity, ...] = (),
+) -> ClusterPKI:
+    """A CA, the apiserver's serving cert, a client cert per component (and per extra identity), the SA key pair."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = ClusterPKI(directory)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -170,7 +182,7 @@ def create_pki(directory: Path, *, server_ips: tuple[str, ...] = ("127.0.0.1",))
     _write_key(pki.apiserver_key, server_key)
     _write_cert(pki.apiserver_cert, server_cert)
 
-    for identity in CLIENT_IDENTITIES:
+    for identity in (*CLIENT_IDENTITIES, *extra_identities):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(
             subject=_name(identity.user, identity.groups), key=key, ca_cert=ca_cert, ca_key=ca_key, client=True

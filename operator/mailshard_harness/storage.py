@@ -16,15 +16,20 @@ pre-creating static PVs, because the scale benchmark needs thousands of them:
 4. a released PV of a deleted claim is deleted (reclaim policy `Delete`), and
    a claim whose request grew is expanded, as a CSI resizer would.
 
-Nothing is written to disk: KWOK nodes have none.
+On KWOK nodes nothing is written to disk: they have none. On the real-node
+tier (`mailshard_harness.node`) the provisioner is given a volumes directory:
+it creates each PV's directory there before creating the PV (the real kubelet
+bind-mounts it into the pod) and removes it when it deletes the released PV.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
@@ -34,6 +39,7 @@ STORAGE_CLASS_NAME = "mailshard-local"
 PROVISIONER_NAME = "harness.mailshard.io/local"
 SELECTED_NODE = "volume.kubernetes.io/selected-node"
 PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+DEFAULT_VOLUMES_DIR = Path("/var/lib/mailshard-harness/volumes")
 
 log = logging.getLogger("mailshard_harness.provisioner")
 
@@ -53,8 +59,8 @@ def storage_class_manifest() -> dict[str, Any]:
     }
 
 
-def pv_for_claim(claim: dict[str, Any], node: str) -> dict[str, Any]:
-    """The local PV that satisfies `claim` on `node` (pure)."""
+def pv_for_claim(claim: dict[str, Any], node: str, volumes_dir: Path = DEFAULT_VOLUMES_DIR) -> dict[str, Any]:
+    """The local PV that satisfies `claim` on `node`, at `<volumes_dir>/<claim uid>` (pure)."""
     meta = claim["metadata"]
     spec = claim["spec"]
     return {
@@ -71,7 +77,7 @@ def pv_for_claim(claim: dict[str, Any], node: str) -> dict[str, Any]:
             "volumeMode": spec.get("volumeMode") or "Filesystem",
             "persistentVolumeReclaimPolicy": "Delete",
             "storageClassName": STORAGE_CLASS_NAME,
-            "local": {"path": f"/var/lib/mailshard-harness/volumes/{meta['uid']}"},
+            "local": {"path": str(volumes_dir / meta["uid"])},
             "claimRef": {
                 "apiVersion": "v1",
                 "kind": "PersistentVolumeClaim",
@@ -93,9 +99,11 @@ def pv_for_claim(claim: dict[str, Any], node: str) -> dict[str, Any]:
 class Provisioner:
     """Watches claims and volumes of our StorageClass and acts on each, idempotently."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, volumes_dir: Path | None = None) -> None:
         self.core = client.CoreV1Api(api)
         self.api = api
+        self.volumes_dir = volumes_dir
+        """None on KWOK nodes (paths only); else PV directories are created and removed here."""
 
     def handle_claim(self, claim: dict[str, Any]) -> None:
         spec = claim.get("spec", {})
@@ -119,9 +127,25 @@ class Provisioner:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+            self._remove_directory(volume)
+
+    def _remove_directory(self, volume: dict[str, Any]) -> None:
+        if self.volumes_dir is None:
+            return
+        path = Path((volume.get("spec", {}).get("local") or {}).get("path", ""))
+        # Only ever a directory this provisioner made: directly under its volumes dir.
+        if path.parent == self.volumes_dir and path.name:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _create_volume(self, claim: dict[str, Any], node: str) -> None:
-        volume = pv_for_claim(claim, node)
+        if self.volumes_dir is None:
+            volume = pv_for_claim(claim, node)
+        else:
+            volume = pv_for_claim(claim, node, self.volumes_dir)
+            # World-writable like a local-path provisioner's: pods run as any user.
+            directory = Path(volume["spec"]["local"]["path"])
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o777)
         try:
             self.core.create_persistent_volume(volume)
             log.info(
@@ -206,10 +230,10 @@ def _quantity_bytes(quantity: str) -> float:
     return float(quantity)
 
 
-def main(kubeconfig: str) -> int:
+def main(kubeconfig: str, volumes_dir: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     api = config.new_client_from_config(config_file=kubeconfig)
     stop = threading.Event()
     log.info("provisioning StorageClass %s (%s)", STORAGE_CLASS_NAME, PROVISIONER_NAME)
-    Provisioner(api).run_forever(stop)
+    Provisioner(api, Path(volumes_dir).resolve() if volumes_dir else None).run_forever(stop)
     return 0

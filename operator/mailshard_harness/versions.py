@@ -22,6 +22,9 @@ HELM_VERSION = "v3.18.6"
 
 ETCD_DEBIAN_PACKAGE = "etcd-server"
 
+COREDNS_VERSION = "v1.13.2"
+"""Cluster DNS for the real-node tier; its go.mod declares Go 1.24, so it builds with GO_VERSION."""
+
 
 @dataclass(frozen=True)
 class GoBinary:
@@ -44,6 +47,12 @@ KUBERNETES_BINARIES = tuple(
 KUBECTL_BINARY = next(b for b in KUBERNETES_BINARIES if b.name == "kubectl")
 KWOK_BINARY = GoBinary("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok")
 HELM_BINARY = GoBinary("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm")
+KUBELET_BINARY = next(b for b in KUBERNETES_BINARIES if b.name == "kubelet")
+KUBE_PROXY_BINARY = GoBinary("kube-proxy", "k8s.io/kubernetes", KUBERNETES_VERSION, "k8s.io/kubernetes/cmd/kube-proxy")
+COREDNS_BINARY = GoBinary("coredns", "github.com/coredns/coredns", COREDNS_VERSION, "github.com/coredns/coredns")
 
-ALL_BINARIES = (*KUBERNETES_BINARIES, KWOK_BINARY, HELM_BINARY)
-CONTROL_PLANE_BINARIES = tuple(b for b in ALL_BINARIES if b.name != "kubelet")
+NODE_BINARIES = (KUBELET_BINARY, KUBE_PROXY_BINARY, COREDNS_BINARY)
+"""What only the real-node tier needs (`mailshard_harness.node`); the KWOK control plane never builds these."""
+
+ALL_BINARIES = (*KUBERNETES_BINARIES, KWOK_BINARY, HELM_BINARY, KUBE_PROXY_BINARY, COREDNS_BINARY)
+CONTROL_PLANE_BINARIES = tuple(b for b in ALL_BINARIES if b not in NODE_BINARIES)
