@@ -220,6 +220,7 @@ class Agent:
             paths=self.paths,
             identity=self.settings.run_as.identity,
             strategy=ReplicationStrategy.REPLICATOR,
+            doveadm_password_from_file=self.doveadm_password,
         )
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         for directory in (self.paths.conf_dir, self.paths.base_dir, self.paths.state_dir, self.paths.mail_dir):
@@ -329,7 +330,7 @@ class Agent:
                 self.mailboxes, self.mailbox_error = await self.doveadm.mailbox_status(), None
             except (DoveadmError, ParseError) as exc:
                 self.mailbox_error = str(exc)
-            if mode is not ServingMode.FENCED:
+            if mode is ServingMode.MASTER:  # only the master runs a replicator
                 try:
                     self.replicator_users, self.replicator_error = await self.doveadm.replicator_status(), None
                 except (DoveadmError, ParseError) as exc:
@@ -339,7 +340,9 @@ class Agent:
         await self._observe_peer()
         peer = self.config.peer
         if peer is not None and mode is not ServingMode.FENCED and self.doveadm_password is not None:
-            if self._polls % PROBE_EVERY == 1 or self.probe is None:
+            # Every poll while the peer is unreachable (cheap, and the nudge below waits on it); otherwise
+            # every PROBE_EVERY polls, since each rejected login is an error line in the peer's log.
+            if self._polls % PROBE_EVERY == 1 or self.probe is None or self.probe.result is ProbeResult.UNREACHABLE:
                 probe = await probe_doveadm(peer.host, peer.doveadm_port, self.doveadm_password)
                 if probe.result is not ProbeResult.OK and (self.probe is None or self.probe != probe):
                     log.error("%s", probe.detail)

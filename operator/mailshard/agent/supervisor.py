@@ -34,6 +34,7 @@ class DaemonSupervisor:
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
         stop_timeout: float = 15.0,
+        min_uptime: float = 0.5,
         on_restart: Callable[[], None] | None = None,
     ) -> None:
         self.argv = list(argv)
@@ -42,6 +43,8 @@ class DaemonSupervisor:
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.stop_timeout = stop_timeout
+        self.min_uptime = min_uptime
+        self._spawned_at = 0.0
         self.on_restart = on_restart
         self.restarts = 0
         self.last_error: str | None = None
@@ -91,6 +94,11 @@ class DaemonSupervisor:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
+        # Dovecot 2.3 stopped within a few ms of starting hangs 5 s in shutdown (its replicator waits for a
+        # stats handshake that never comes). Let a fresh daemon settle first; this costs nothing otherwise.
+        settle = self.min_uptime - (time.monotonic() - self._spawned_at)
+        if settle > 0:
+            await asyncio.sleep(settle)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
@@ -131,7 +139,7 @@ class DaemonSupervisor:
                     self.on_restart()
             first = False
             self._kill_stale()
-            started = time.monotonic()
+            started = self._spawned_at = time.monotonic()
             try:
                 self._proc = await asyncio.create_subprocess_exec(
                     *self.argv,

@@ -85,7 +85,7 @@ class MemberRuntimeConfig(_Model):
     to schedule full syncs; in a cluster it is a key of a Secret, mounted
     read-only. Exactly one of ``doveadm_password`` and
     ``doveadm_password_file`` must be given; the file form keeps the secret out
-    of the rendered configuration.
+    of this JSON (the agent reads the file, which in a cluster is a Secret key).
     """
 
     shard: str = Field(min_length=1)

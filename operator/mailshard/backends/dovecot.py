@@ -39,16 +39,27 @@ both members must agree on it, which the shared runtime config guarantees.
 
 - master: IMAP, POP3, LMTP and ManageSieve listeners; the replication plugin
   notifies the replicator after every change, which pushes it to the peer's
-  doveadm server (``mail_replica = tcp:peer:port``).
-- replica: only the doveadm listener (replication in) and IMAP. LMTP, POP3 and
-  ManageSieve are not listening at all, so deliveries are refused at connect.
-  IMAP logins work but every mailbox is read-only: the ACL plugin, loaded for
-  the ``imap`` protocol only (so dsync is not restricted), grants the owner
-  ``lr`` (lookup, read) and nothing else, so STORE, APPEND, EXPUNGE, CREATE and
-  friends fail with ``NO [NOPERM]``. This lets operators and tests read a
-  replica over plain IMAP. The replica keeps its own replicator pointed at the
-  master (the configuration is symmetric), so when an old master rejoins as a
-  replica anything only it had is merged back by dsync.
+  doveadm server (``mail_replica = tcp:peer:port``). The master listens for
+  doveadm too: the replica's agent checks the shared secret against it, and an
+  agent-driven dsync (Dovecot 2.4) could pull through it.
+- replica: only the doveadm listener (replication in). ``protocols = none``,
+  so IMAP, POP3, LMTP and ManageSieve are not listening at all and every
+  client is refused at connect. A read-only IMAP replica (ACL plugin, owner
+  rights ``lr``) was tried and rejected: Dovecot creates INBOX on first access
+  even when read-only, so a login on the replica before the master has
+  created that user's INBOX gives the two INBOXes different mailbox GUIDs, and
+  from then on every dsync of that user fails ("Remote lost mailbox GUID").
+  Reads therefore go to the master; the pair is compared over IMAP by
+  switching the roles over (see ``tests/mail``). The replica runs no
+  replicator: only the master pushes. A symmetric setup (each side's
+  replicator pointed at the other) also replicates, but measured on 2.3.19 the
+  two replicators deadlock whenever they sync the same user in opposite
+  directions at once (each holds its own mailbox lock and waits for the
+  other's), which stalls replication for the 30 s lock timeout, e.g. whenever
+  a replica starts while mail arrives. dsync is two-way regardless, so when an
+  old master rejoins as a replica, the new master's first sync of each user
+  still merges back anything only the old master had (such messages may get
+  new UIDs on the old master).
 - fenced, or a member whose role is unknown: ``protocols = none`` and no
   doveadm listener, so it accepts nothing from the network, neither clients
   nor replication; no replication plugin, so it pushes nothing. Only the local
@@ -67,7 +78,7 @@ from mailshard.backends.config import MemberRuntimeConfig
 from mailshard.backends.modes import ReplicationStrategy, ServingMode
 
 CONF_FILE = "dovecot.conf"
-REPLICA_ACL_FILE = "replica-readonly.acl"
+SECRETS_FILE = "doveadm-password.conf"
 
 # Services whose built-in default chroots; chroot needs root, so non-root mode blanks them all.
 _CHROOTED_SERVICES = (
@@ -85,7 +96,7 @@ _CHROOTED_SERVICES = (
 
 _PROTOCOLS = {
     ServingMode.MASTER: "imap pop3 lmtp sieve",
-    ServingMode.REPLICA: "imap",
+    ServingMode.REPLICA: "none",
     ServingMode.FENCED: "none",
 }
 
@@ -118,15 +129,14 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _doveadm_password_line(config: MemberRuntimeConfig) -> str:
-    if config.doveadm_password_file is not None:
-        # "<file" makes Dovecot read the value from the file: the secret stays out of the config.
-        path = str(config.doveadm_password_file)
-        if "\n" in path or " " in path:
-            raise ValueError(f"doveadm password file path must not contain spaces: {path!r}")
-        return f"doveadm_password = <{path}"
-    assert config.doveadm_password is not None  # guaranteed by the model validator
-    return f"doveadm_password = {_quote(config.doveadm_password.get_secret_value())}"
+def _doveadm_password(config: MemberRuntimeConfig, from_file: str | None) -> str:
+    if config.doveadm_password is not None:
+        return config.doveadm_password.get_secret_value()
+    if not from_file:
+        # Dovecot 2.3 has no generic "read this value from a file" syntax ("<file" works for ssl_* only),
+        # so the caller reads doveadmPasswordFile and passes the value in.
+        raise ValueError("doveadmPasswordFile is set: pass the password read from it")
+    return from_file
 
 
 def _listener(name: str, port: int) -> list[str]:
@@ -140,15 +150,22 @@ def render_dovecot(
     paths: InstancePaths,
     identity: ProcessIdentity,
     strategy: ReplicationStrategy = ReplicationStrategy.REPLICATOR,
+    doveadm_password_from_file: str | None = None,
 ) -> dict[str, str]:
-    """Render the files one member's Dovecot needs, keyed by file name within ``paths.conf_dir``."""
+    """Render the files one member's Dovecot needs, keyed by file name within ``paths.conf_dir``.
+
+    The doveadm password goes to a file of its own, included by the main one, so that ``dovecot.conf``
+    holds no secret and can be shown or diffed freely. When the config names a password *file*, the
+    caller passes its content as ``doveadm_password_from_file`` (this function does no I/O).
+    """
     if strategy is not ReplicationStrategy.REPLICATOR:  # pragma: no cover - one strategy today
         raise ValueError(f"unsupported replication strategy {strategy}")
     if mode is not ServingMode.FENCED and config.peer is None:
         raise ValueError("a master or replica needs a peer to replicate with")
-    replicating = mode is not ServingMode.FENCED
+    pushing = mode is ServingMode.MASTER
+    receiving = mode is not ServingMode.FENCED
     users = str(config.users_file)
-    mail_plugins = ["notify", "replication"] if replicating else []
+    mail_plugins = ["notify", "replication"] if pushing else []
     if config.compression:
         mail_plugins.append("zlib")
 
@@ -222,11 +239,14 @@ def render_dovecot(
 
     # doveadm: always the local socket (status); over TCP only while replication may flow in.
     lines += ["service doveadm {"]
-    if replicating:
+    if receiving:
         lines += ["  inet_listener {", f"    port = {config.ports.doveadm}", "  }"]
-    lines += ["}", _doveadm_password_line(config)]
+    secrets = str(paths.conf_dir / SECRETS_FILE)
+    if any(char.isspace() for char in secrets):
+        raise ValueError(f"the configuration directory must not contain whitespace: {secrets!r}")
+    lines += ["}", f"!include {secrets}"]
 
-    if replicating:
+    if pushing:
         assert config.peer is not None
         lines += [
             "",
@@ -244,22 +264,11 @@ def render_dovecot(
             f"  mail_replica = tcp:{config.peer.host}:{config.peer.doveadm_port}",
             "}",
         ]
-    if mode is ServingMode.REPLICA:
-        lines += [
-            "",
-            "# Read-only IMAP on the replica: the owner may look up and read, nothing else.",
-            "protocol imap {",
-            "  mail_plugins = $mail_plugins acl imap_acl",
-            "}",
-            "plugin {",
-            f"  acl = vfile:{paths.conf_dir / REPLICA_ACL_FILE}",
-            "  acl_globals_only = yes",
-            "}",
-        ]
     if config.compression:
         lines += ["", "plugin {", "  zlib_save = gz", "  zlib_save_level = 6", "}"]
 
+    password = _doveadm_password(config, doveadm_password_from_file)
     return {
         CONF_FILE: "\n".join(lines) + "\n",
-        REPLICA_ACL_FILE: "* owner lr\n",
+        SECRETS_FILE: f"doveadm_password = {_quote(password)}\n",
     }

@@ -24,7 +24,7 @@ class ServingMode(enum.StrEnum):
     MASTER = "master"
     """Deliveries (LMTP), IMAP, POP3 and ManageSieve read-write; pushes changes to the peer."""
     REPLICA = "replica"
-    """Receives replication over doveadm; IMAP read-only; no LMTP, POP3 or ManageSieve."""
+    """Receives replication over doveadm; no client protocol at all (IMAP, POP3, LMTP, ManageSieve)."""
     FENCED = "fenced"
     """Nothing from the network, not even replication; only local doveadm for status."""
 

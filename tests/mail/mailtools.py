@@ -1,0 +1,140 @@
+"""Small, honest mail clients for the mail tier: LMTP delivery and IMAP snapshots.
+
+Neither imapsync nor imaptest is packaged in Debian, so the tests speak the
+protocols themselves with the standard library (``smtplib.LMTP``, ``imaplib``),
+run in threads so that many users are served at once. Nothing here knows about
+Dovecot: it is what any mail client would see.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import smtplib
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+_FETCH = re.compile(rb"UID (\d+) FLAGS \(([^)]*)\)")
+
+
+@dataclass(frozen=True)
+class MailboxSnapshot:
+    """What IMAP shows of one user's INBOX: UIDVALIDITY and each UID's flags (without \\Recent)."""
+
+    uidvalidity: int
+    flags: dict[int, frozenset[str]]
+
+    @property
+    def uids(self) -> list[int]:
+        return sorted(self.flags)
+
+
+def make_message(user: str, index: int) -> bytes:
+    return (
+        f"From: sender@example.test\r\nTo: {user}\r\nSubject: message {index} for {user}\r\n"
+        f"Message-ID: <{index}.{user}@mailshard.test>\r\n\r\nBody {index} of {user}.\r\n"
+    ).encode()
+
+
+def _deliver_batch(port: int, batch: Sequence[tuple[str, bytes]]) -> int:
+    with smtplib.LMTP("127.0.0.1", port, timeout=30) as lmtp:
+        for recipient, message in batch:
+            refused = lmtp.sendmail("sender@example.test", [recipient], message)
+            if refused:
+                raise AssertionError(f"LMTP refused {recipient}: {refused}")
+    return len(batch)
+
+
+def deliver(port: int, messages: Sequence[tuple[str, bytes]], *, connections: int = 4) -> int:
+    """Deliver (recipient, message) pairs over LMTP, spread over a few parallel sessions."""
+    batches = [messages[i::connections] for i in range(connections)]
+    with ThreadPoolExecutor(connections) as pool:
+        return sum(pool.map(lambda batch: _deliver_batch(port, batch), [b for b in batches if b]))
+
+
+def imap_login(port: int, user: str, password: str) -> imaplib.IMAP4:
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+    client.login(user, password)
+    return client
+
+
+def snapshot_user(port: int, user: str, password: str) -> MailboxSnapshot:
+    client = imap_login(port, user, password)
+    try:
+        typ, _ = client.select("INBOX", readonly=True)
+        assert typ == "OK", f"EXAMINE INBOX failed for {user}"
+        raw = client.untagged_responses["UIDVALIDITY"][0]
+        assert isinstance(raw, bytes), raw
+        uidvalidity = int(raw)
+        typ, data = client.uid("FETCH", "1:*", "(FLAGS)")
+        assert typ == "OK", f"FETCH failed for {user}: {data}"
+        flags: dict[int, frozenset[str]] = {}
+        for item in data:
+            if not isinstance(item, bytes):
+                continue
+            match = _FETCH.search(item)
+            if match:
+                names = {flag.decode() for flag in match.group(2).split()} - {"\\Recent"}
+                flags[int(match.group(1))] = frozenset(names)
+        return MailboxSnapshot(uidvalidity, flags)
+    finally:
+        client.logout()
+
+
+def snapshot(port: int, users: Iterable[str], password_of: dict[str, str]) -> dict[str, MailboxSnapshot]:
+    """Every user's INBOX as IMAP shows it on the server at ``port``."""
+    users = list(users)
+    with ThreadPoolExecutor(8) as pool:
+        results = pool.map(lambda user: snapshot_user(port, user, password_of[user]), users)
+        return dict(zip(users, results, strict=True))
+
+
+def store_flags(port: int, user: str, password: str, changes: Sequence[tuple[str, str]], *, expunge: bool) -> None:
+    """Apply ``(uid set, "+FLAGS (...)")`` changes to a user's INBOX, then EXPUNGE if asked."""
+    client = imap_login(port, user, password)
+    try:
+        typ, data = client.select("INBOX")
+        assert typ == "OK", f"SELECT failed for {user}: {data}"
+        for uids, change in changes:
+            command, _, flags = change.partition(" ")
+            typ, data = client.uid("STORE", uids, command, flags)
+            assert typ == "OK", f"STORE {uids} {change} failed for {user}: {data}"
+        if expunge:
+            typ, data = client.expunge()
+            assert typ == "OK", f"EXPUNGE failed for {user}: {data}"
+    finally:
+        client.logout()
+
+
+def append(port: int, user: str, password: str, message: bytes) -> tuple[str, list[bytes | None]]:
+    """IMAP APPEND to INBOX; returns the server's answer instead of raising on NO."""
+    client = imap_login(port, user, password)
+    try:
+        try:
+            typ, data = client.append("INBOX", None, None, message)
+        except imaplib.IMAP4.error as exc:
+            return "NO", [str(exc).encode()]
+        return typ, list(data)
+    finally:
+        client.logout()
+
+
+def _counts_user(port: int, user: str, password: str) -> tuple[int, int]:
+    client = imap_login(port, user, password)
+    try:
+        typ, data = client.status("INBOX", "(MESSAGES UIDNEXT)")
+        assert typ == "OK", f"STATUS failed for {user}: {data}"
+        text = data[0].decode() if isinstance(data[0], bytes) else str(data[0])
+        numbers = dict(re.findall(r"(MESSAGES|UIDNEXT) (\d+)", text))
+        return int(numbers["MESSAGES"]), int(numbers["UIDNEXT"])
+    finally:
+        client.logout()
+
+
+def counts(port: int, users: Iterable[str], password_of: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """(MESSAGES, UIDNEXT) of every user's INBOX, by IMAP STATUS."""
+    users = list(users)
+    with ThreadPoolExecutor(8) as pool:
+        results = pool.map(lambda user: _counts_user(port, user, password_of[user]), users)
+        return dict(zip(users, results, strict=True))

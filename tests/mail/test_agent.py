@@ -1,0 +1,174 @@
+"""The agent's contract on a real Dovecot: authentication, safe defaults, bad inputs, supervision.
+
+Each test starts only the members it needs; a peer that is not started is
+simply unreachable, which is itself one of the bad inputs under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import signal
+
+import aiohttp
+import mailtools
+import pytest
+
+from conftest import TOKEN, Member, PairFactory, converged, pid_alive, port_open
+
+pytestmark = pytest.mark.mail
+
+
+async def _start(member: Member) -> None:
+    member.start()
+    await member.wait_healthy()
+
+
+async def test_actions_need_the_token(make_pair: PairFactory) -> None:
+    pair = make_pair(users=2, roles=("replica", "replica"))
+    a = pair.a
+    await _start(a)
+    assert (await a.request("GET", "/healthz", token=None))[0] == 200
+    for token in (None, "wrong-token", ""):
+        for action in ("promote", "demote", "fence", "unfence"):
+            status, body = await a.request("POST", f"/{action}", token=token, expect=None)
+            assert status == 401, (action, token, body)
+        assert (await a.request("GET", "/status", token=token, expect=None))[0] == 401
+    assert (await a.status())["mode"] == "replica"  # nothing happened
+    promoted = await a.action("promote")  # the peer is down, so nothing claims master
+    assert promoted["status"]["mode"] == "master"
+    assert a.role_file.read_text().strip() == "master"
+
+    async with aiohttp.ClientSession() as session, session.get(a.url + "/metrics") as response:
+        metrics = await response.text()
+    assert 'mailshard_daemon_up{member="s1-a",shard="s1"} 1.0' in metrics
+    assert 'mailshard_serving_mode{member="s1-a",mode="master",shard="s1"} 1.0' in metrics
+    assert "mailshard_replication_lag_seconds" in metrics
+    assert "mailshard_daemon_restarts_total" in metrics
+
+
+async def test_unknown_role_serves_as_fenced(make_pair: PairFactory) -> None:
+    pair = make_pair(users=2, roles=(None, "replica"))
+    a = pair.a
+    await _start(a)
+    status = await a.status()
+    assert status["role"] is None
+    assert status["mode"] == "fenced"
+    assert status["readyAsMaster"] is False
+    assert "role unknown" in status["roleError"]
+    assert any("role file" in error for error in status["errors"])
+    for port in ("imap", "lmtp", "pop3", "managesieve", "doveadm"):
+        assert not port_open(a.ports[port]), port
+    assert (await a.action("demote"))["status"]["mode"] == "replica"
+    assert a.role_file.read_text().strip() == "replica"
+    assert port_open(a.ports["doveadm"])  # a replica takes replication, and no client
+    assert not port_open(a.ports["imap"])
+    assert not port_open(a.ports["lmtp"])
+
+
+async def test_fence_survives_restart_and_blocks_promotion(make_pair: PairFactory) -> None:
+    pair = make_pair(users=2)
+    a = pair.a
+    await _start(a)
+    await a.action("fence")
+    assert a.stop() == 0
+    await _start(a)
+    status = await a.status()
+    assert status["fenced"] is True
+    assert status["mode"] == "fenced"
+    assert status["role"] == "master"
+    assert not port_open(a.ports["imap"])
+    refused = await a.action("promote", expect=409)
+    assert "unfence" in refused["error"]
+    assert (await a.action("unfence"))["status"]["mode"] == "master"
+    assert port_open(a.ports["lmtp"])
+
+
+async def test_no_promotion_while_the_peer_is_master(make_pair: PairFactory) -> None:
+    pair = make_pair(users=2)
+    await pair.start()
+    refused = await pair.b.action("promote", expect=409)
+    assert "peer reports it serves as master" in refused["error"]
+    assert (await pair.b.status())["mode"] == "replica"
+    _, forced = await pair.b.request("POST", "/promote?force=true")
+    assert forced["status"]["mode"] == "master"
+    await pair.a.wait_status(lambda s: any("split brain" in e for e in s["errors"]), what="split brain reported")
+
+
+async def test_wrong_replication_secret_is_named(make_pair: PairFactory) -> None:
+    pair = make_pair(users=2, password_b="not-the-shared-secret")
+    a, b = pair.a, pair.b
+    await pair.start()
+    status = await a.wait_status(
+        lambda s: s["replication"]["peerDoveadm"] == "auth-failed", what="peer doveadm rejects us"
+    )
+    assert status["replication"]["state"] == "failing"
+    assert any("rejected our doveadm password" in error for error in status["errors"])
+    await asyncio.to_thread(mailtools.deliver, a.ports["lmtp"], [(pair.users[0], mailtools.make_message("u", 1))])
+    await a.wait_status(lambda s: s["replication"]["behindMailboxes"] == 1, what="replica seen behind")
+    assert (await b.status())["mailboxes"]["count"] == 0
+    assert (await a.status())["readyAsMaster"] is True
+
+
+async def test_bad_config_and_missing_binary_never_serve(make_pair: PairFactory) -> None:
+    pair = make_pair(users=2)
+    a, b = pair.a, pair.b
+    a.config_path.write_text('{"shard": "s1", "member": ')
+    a.start()
+    status = await a.wait_status(lambda s: s["configError"] is not None, what="config error reported")
+    assert "is invalid" in status["configError"]
+    assert status["mode"] == "fenced"
+    assert status["readyAsMaster"] is False
+    assert status["daemonUp"] is False
+    assert (await a.request("GET", "/healthz", token=None, expect=None))[0] == 503
+    assert "cannot promote" in (await a.action("promote", expect=409))["error"]
+    assert not port_open(a.ports["imap"])
+
+    b.extra_args = ["--dovecot", "/nonexistent/dovecot"]
+    b.start()
+    status = await b.wait_status(lambda s: s["daemon"]["error"] is not None, what="missing binary reported")
+    assert "/nonexistent/dovecot" in status["daemon"]["error"]
+    assert status["daemonUp"] is False
+    assert status["readyAsMaster"] is False
+    assert (await b.request("GET", "/healthz", token=None, expect=None))[0] == 503
+
+
+async def test_crashed_daemon_is_restarted(make_pair: PairFactory) -> None:
+    pair = make_pair(users=2)
+    a = pair.a
+    await _start(a)
+    first = a.daemon_pid()
+    assert first is not None
+    os.killpg(first, signal.SIGKILL)
+    status = await a.wait_status(
+        lambda s: s["daemonUp"] and s["daemon"]["restarts"] == 1 and s["daemon"]["pid"] != first,
+        what="daemon restarted",
+    )
+    assert status["daemon"]["lastExit"] == -signal.SIGKILL
+    assert not pid_alive(first)
+    await asyncio.to_thread(mailtools.deliver, a.ports["lmtp"], [(pair.users[0], mailtools.make_message("c", 1))])
+    async with aiohttp.ClientSession() as session, session.get(a.url + "/metrics") as response:
+        assert 'mailshard_daemon_restarts_total{member="s1-a",shard="s1"} 1.0' in await response.text()
+    assert TOKEN not in a.log_tail(400)
+
+
+async def test_compressed_mail_replicates(make_pair: PairFactory) -> None:
+    pair = make_pair(users=2, compression=True)
+    a, b = pair.a, pair.b
+    await pair.start()
+    messages = [(user, mailtools.make_message(user, i)) for i in range(3) for user in pair.users]
+    await asyncio.to_thread(mailtools.deliver, a.ports["lmtp"], messages)
+    await converged(a, b)
+    for member in (a, b):
+        stored = [p for p in (member.data_dir / "mail").rglob("*") if p.is_file() and ",S=" in p.name]
+        assert len(stored) == len(messages), member.name
+        for path in stored:
+            raw = path.read_bytes()
+            assert raw[:2] == b"\x1f\x8b", f"{path} is not gzip"
+            assert b"Body" in gzip.decompress(raw)
+    one = await asyncio.to_thread(mailtools.snapshot, a.ports["imap"], pair.users, pair.passwords)
+    assert all(len(snap.uids) == 3 for snap in one.values())
+    await a.action("fence")
+    await b.action("promote")  # read the replica over IMAP: it must decompress what it received
+    assert await asyncio.to_thread(mailtools.snapshot, b.ports["imap"], pair.users, pair.passwords) == one
