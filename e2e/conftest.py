@@ -10,9 +10,7 @@ found it, or the session errors at teardown (the teardown proof).
 from __future__ import annotations
 
 import os
-import re
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from kubernetes import client, config
 from e2e_support import Cluster
 from mailshard_harness.errors import HarnessError
 from mailshard_harness.node import NodeConfig, NodeHarness
+from mailshard_harness.pytest_plugin import namespace
 
 
 def _report(pytestconfig: pytest.Config, message: str) -> None:
@@ -41,6 +40,9 @@ def _refuse_kwok_only(kubeconfig: Path) -> None:
         api.close()
     if nodes and all((n.metadata.annotations or {}).get("kwok.x-k8s.io/node") == "fake" for n in nodes):
         pytest.exit(f"{kubeconfig} is a KWOK cluster (no node runs containers); unset KUBECONFIG to use a real node", 3)
+
+
+__all__ = ["namespace"]  # the shared per-test namespace fixture
 
 
 @pytest.fixture(scope="session")
@@ -78,14 +80,3 @@ def api_client(cluster: Cluster) -> Iterator[client.ApiClient]:
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     yield api
     api.close()
-
-
-@pytest.fixture
-def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace per test, named after it, deleted afterwards."""
-    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
-    name = f"{stem}-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace({"metadata": {"name": name, "labels": {"mailshard.io/test": "e2e"}}})
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")

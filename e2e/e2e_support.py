@@ -7,19 +7,21 @@ the Kubernetes API (exec goes through the apiserver to the kubelet, as
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client
 from kubernetes.stream import stream
 
+from mailshard_harness.testing import eventually
+
 IMAGE = "mailshard/dovecot:0.1.0"
 """Our Dovecot image; it also carries Debian's python3 and libc's getent, which the checks use."""
 
-T = TypeVar("T")
+
+__all__ = ["Cluster", "eventually"]
 
 
 @dataclass(frozen=True)
@@ -27,20 +29,6 @@ class Cluster:
     kubeconfig: Path
     node_subnet: str | None
     """The real node's pod subnet; None on an external cluster (kind), whose pod network we do not know."""
-
-
-def eventually(check: Callable[[], T | None], *, timeout: float = 90, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except client.ApiException as exc:
-            last = exc
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last})" if last else ""))
 
 
 def pod_ready(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod | None:

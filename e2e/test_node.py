@@ -48,7 +48,7 @@ def web_and_client(api_client: client.ApiClient) -> Iterator[str]:
     web["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
     create_all(api_client, namespace, [web, service("web", {"app": "web"}, 80, 8080), pod("client", SLEEPER)])
     for name in ("web", "client"):
-        eventually(functools.partial(pod_ready, core, namespace, name), what=f"pod {name} Ready")
+        eventually(functools.partial(pod_ready, core, namespace, name), timeout=90, what=f"pod {name} Ready")
     yield namespace
     core.delete_namespace(namespace, propagation_policy="Background")
 
@@ -128,7 +128,9 @@ def test_statefulset_pods_get_local_volumes_and_keep_them_across_deletion(
     core = client.CoreV1Api(api_client)
     create_all(api_client, namespace, mail_statefulset("mail"))
     members = ("mail-0", "mail-1")
-    pods = {n: eventually(functools.partial(pod_ready, core, namespace, n), what=f"{n} Ready") for n in members}
+    pods = {
+        n: eventually(functools.partial(pod_ready, core, namespace, n), timeout=90, what=f"{n} Ready") for n in members
+    }
 
     volumes = {}
     for name, member in pods.items():
@@ -162,7 +164,7 @@ def test_statefulset_pods_get_local_volumes_and_keep_them_across_deletion(
         member = pod_ready(core, namespace, "mail-0")
         return member if member is not None and member.metadata.uid != first_uid else None
 
-    recreated = eventually(recreated_and_ready, what="mail-0 recreated and Ready")
+    recreated = eventually(recreated_and_ready, timeout=90, what="mail-0 recreated and Ready")
     assert core.read_namespaced_persistent_volume_claim("data-mail-0", namespace).spec.volume_name == volumes["mail-0"]
     assert recreated.spec.node_name == pods["mail-0"].spec.node_name
     code, out = run_in_pod(core, namespace, "mail-0", ["cat", "/data/first-pod-uid"])

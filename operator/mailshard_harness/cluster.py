@@ -33,11 +33,12 @@ from typing import Any
 
 import yaml
 
-from mailshard_harness import build, processes, versions
+from mailshard_harness import build, processes
 from mailshard_harness.errors import HarnessError, log_tail
 from mailshard_harness.pki import ClientIdentity, ClusterPKI, create_pki
 from mailshard_harness.processes import ProcessRecord
 from mailshard_harness.storage import STORAGE_CLASS_NAME, storage_class_manifest
+from mailshard_harness.testing import kubectl_apply
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
@@ -568,25 +569,12 @@ class ControlPlane:
         return set(self.state.nodes) <= ready
 
     def _apply(self, manifests: list[dict[str, Any]]) -> None:
-        kubectl = build.bin_path(versions.KUBECTL_BINARY)
-        result = subprocess.run(
-            # A discovery cache per instance, not one more directory in ~/.kube/cache per run.
-            [
-                str(kubectl),
-                f"--kubeconfig={self.kubeconfig}",
-                f"--cache-dir={self.directory / 'kube-cache'}",
-                "apply",
-                "--server-side",
-                "-f",
-                "-",
-            ],
-            input=yaml.safe_dump_all(manifests),
-            capture_output=True,
-            text=True,
-            check=False,
+        kubectl_apply(
+            self.kubeconfig,
+            manifests,
+            cache_dir=self.directory / "kube-cache",
+            what="the harness' nodes and StorageClass",
         )
-        if result.returncode != 0:
-            raise HarnessError(f"applying the harness' nodes and StorageClass failed: {result.stderr.strip()}")
 
     # ------------------------------------------------------------------ stop
 

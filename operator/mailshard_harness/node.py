@@ -61,6 +61,7 @@ from mailshard_harness.node_network import NodeNetwork
 from mailshard_harness.node_runtime import Ctr, RuntimePaths
 from mailshard_harness.pki import KUBE_PROXY_IDENTITY, ClusterPKI, node_identity
 from mailshard_harness.processes import ProcessRecord
+from mailshard_harness.testing import kubectl_apply
 
 NODE_NAME = "mailshard-node"
 LOCK_PATH = Path("/run/lock/mailshard-node.lock")
@@ -535,24 +536,9 @@ class NodeHarness:
         ]
 
     def _apply(self, manifests: list[dict[str, Any]]) -> None:
-        kubectl = build.bin_path(versions.KUBECTL_BINARY)
-        result = subprocess.run(
-            [
-                str(kubectl),
-                f"--kubeconfig={self.kubeconfig}",
-                f"--cache-dir={self.run_dir / 'kube-cache'}",
-                "apply",
-                "--server-side",
-                "-f",
-                "-",
-            ],
-            input=yaml.safe_dump_all(manifests),
-            capture_output=True,
-            text=True,
-            check=False,
+        kubectl_apply(
+            self.kubeconfig, manifests, cache_dir=self.run_dir / "kube-cache", what="the node's add-ons (CoreDNS, RBAC)"
         )
-        if result.returncode != 0:
-            raise HarnessError(f"applying the node's add-ons (CoreDNS, RBAC) failed: {result.stderr.strip()}")
 
     # -------------------------------------------------------------- waiting
 

@@ -8,10 +8,13 @@ tests that need the harness itself (its audit log, its KWOK nodes) then skip.
 from __future__ import annotations
 
 import os
+import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
 from mailshard_harness.cluster import ClusterConfig, ControlPlane, runs_root
 from mailshard_harness.errors import HarnessError
@@ -53,3 +56,14 @@ def kubeconfig(control_plane: ControlPlane | None) -> Path:
     if control_plane is None:
         return Path(os.environ["MAILSHARD_KUBECONFIG"])
     return control_plane.kubeconfig
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, named after it, deleted afterwards. Needs an `api_client` fixture."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace({"metadata": {"name": name, "labels": {"mailshard.io/test": "true"}}})
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")

@@ -14,15 +14,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kubernetes import client
 
 from mailshard_harness import build, versions
 from mailshard_harness.identity import OPERATOR_USER, install_operator_identity
+from mailshard_harness.testing import eventually
 
 __all__ = [
     "OPERATOR_USER",
@@ -35,25 +35,6 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T | None], *, timeout: float = 60, what: str = "condition") -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except client.ApiException as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(
-        f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last})" if last else "")
-    )
 
 
 def kubectl(

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
 
 from mailshard_harness import build, versions
 from mailshard_harness.storage import STORAGE_CLASS_NAME
+from mailshard_harness.testing import eventually
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T | None], *, timeout: float = 60, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except client.ApiException as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last})" if last else ""))
 
 
 def kubectl(kubeconfig: Path, *args: str) -> str:

@@ -1,0 +1,63 @@
+"""Helpers every tier's tests share: waiting for a condition, applying manifests with the pinned kubectl.
+
+Tests and harness code poll the real API server for outcomes (a pod Running,
+a status written) rather than sleeping a guessed time; one `eventually` keeps
+the polling and its failure message the same everywhere.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client
+
+from mailshard_harness import build, versions
+from mailshard_harness.errors import HarnessError
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], *, timeout: float = 60, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds.
+
+    API errors while polling (an object not created yet) count as "not yet"; the last one is reported.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except client.ApiException as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last})" if last else "")
+    )
+
+
+def kubectl_apply(kubeconfig: Path, manifests: Sequence[dict[str, Any]], *, cache_dir: Path, what: str) -> None:
+    """Server-side apply with the pinned kubectl; a discovery cache per instance, not in ~/.kube/cache."""
+    result = subprocess.run(
+        [
+            str(build.bin_path(versions.KUBECTL_BINARY)),
+            f"--kubeconfig={kubeconfig}",
+            f"--cache-dir={cache_dir}",
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+        ],
+        input=yaml.safe_dump_all(list(manifests)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise HarnessError(f"applying {what} failed: {result.stderr.strip()}")
