@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mailshard import __version__
 from mailshard.chartgen import DEFAULT_CHART, check_chart, default_chart, write_chart
-from mailshard.crdgen import REGENERATE_HINT, check_crds, write_crds
+from mailshard.crdgen import REGENERATE_HINT, check_crds, check_reference, write_crds, write_reference
 from mailshard.runner import RANDOM_PRIORITY, peering_priority
 
 
@@ -69,11 +69,11 @@ def _priority(value: str) -> str:
 
 def crds_command(*, write: Path | None, check: Path | None, chart: Path | None = None) -> int:
     if write is not None:
-        for path in [*write_crds(write), *write_chart(chart or default_chart(write))]:
+        for path in [*write_crds(write), *write_chart(chart or default_chart(write)), write_reference(write)]:
             print(f"wrote {path}")
         return 0
     assert check is not None  # argparse requires one of the two
-    drifts = [*check_crds(check), *check_chart(chart or default_chart(check))]
+    drifts = [*check_crds(check), *check_chart(chart or default_chart(check)), *check_reference(check)]
     for drift in drifts:
         print(drift.describe(), file=sys.stderr)
     if drifts:

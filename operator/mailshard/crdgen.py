@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailshard.api.crd import render_crd_files
+from mailshard.api.reference import render_reference
 
 REGENERATE_HINT = "python -m mailshard crds --write crds/"
 
@@ -71,3 +72,20 @@ def check_files(directory: Path, expected: Mapping[str, str], *, stale: str = "*
             if path.relative_to(directory).as_posix() not in expected:
                 drifts.append(Drift(path, "is not generated from any model (stale CRD?)"))
     return drifts
+
+
+def reference_path(crds_directory: Path) -> Path:
+    """docs/reference.md beside the CRD directory's repository."""
+    return crds_directory.resolve().parent / "docs" / "reference.md"
+
+
+def write_reference(crds_directory: Path) -> Path:
+    path = reference_path(crds_directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_reference(), encoding="utf-8")
+    return path
+
+
+def check_reference(crds_directory: Path) -> list[Drift]:
+    path = reference_path(crds_directory)
+    return check_files(path.parent, {path.name: render_reference()}, stale="reference.md")

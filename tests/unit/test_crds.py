@@ -307,3 +307,12 @@ def test_crds_check_reports_missing_and_stale_files(monkeypatch: pytest.MonkeyPa
 
 def test_every_kind_has_one_file() -> None:
     assert {kind.file_name for kind in KINDS} == {p.name for p in CRDS.glob("*.yaml")}
+
+
+def test_the_field_reference_lists_every_field_and_is_up_to_date() -> None:
+    from mailshard.api.reference import render_reference
+
+    reference = render_reference()
+    for field in ("spec.backend", "spec.storage.size", "status.members[].lagSeconds", "spec.routing.slots"):
+        assert f"| `{field}` |" in reference
+    assert (CRDS.parent / "docs" / "reference.md").read_text() == reference
