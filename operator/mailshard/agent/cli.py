@@ -12,32 +12,66 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pydantic
 from aiohttp import web
 
 from mailshard.agent.http import build_app
 from mailshard.agent.identity import IdentityError, resolve_run_as
 from mailshard.agent.service import Agent, AgentSettings
+from mailshard.agent.state import RoleFile
+from mailshard.api.runtime import ShardRuntimeConfig
+from mailshard.backends.contract import member_config, pod_contract
 
 log = logging.getLogger("mailshard.agent")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mailshard.agent", description="Mailshard in-pod mail agent.")
-    parser.add_argument("--config", required=True, type=Path, help="runtime config JSON of this member")
-    parser.add_argument("--role-file", required=True, type=Path, help="file holding 'master' or 'replica'")
-    parser.add_argument("--data-dir", required=True, type=Path, help="directory for config, sockets, state, mail")
-    parser.add_argument("--listen", default="0.0.0.0:8080", help="HOST:PORT of the agent API (default %(default)s)")
-    parser.add_argument("--token-file", required=True, type=Path, help="file with the API bearer token")
+    # With no --config the agent runs as the operator's pods start it: everything comes from the
+    # environment the StatefulSet sets and the shard.json it mounts (backends.contract).
+    parser.add_argument("--config", type=Path, help="runtime config JSON of this member (default: from the pod)")
+    parser.add_argument("--role-file", type=Path, help="file holding 'master' or 'replica'")
+    parser.add_argument("--data-dir", type=Path, help="directory for config, sockets, state, mail")
+    parser.add_argument("--listen", default=None, help="HOST:PORT of the agent API (default 0.0.0.0:8080)")
+    parser.add_argument("--token-file", type=Path, help="file with the API bearer token")
     parser.add_argument("--run-as", default=None, help="user for the daemon when the agent is root (default vmail)")
     parser.add_argument("--dovecot", default="dovecot", help="dovecot binary (default %(default)s)")
     parser.add_argument("--doveadm", default="doveadm", help="doveadm binary (default %(default)s)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between observations")
+    parser.add_argument("--users-file", type=Path, help="passwd-file of the users (pod mode; default from the pod)")
     return parser
+
+
+def _from_pod(args: argparse.Namespace, environment: dict[str, str]) -> None:
+    """Fill the arguments from the pod: shard.json, the member's name, its initial role, its volume.
+
+    The member's own runtime config is written onto its volume for the backend
+    renderers; the role file there is seeded from the pod's initial role only
+    when it does not exist yet, because after a failover the file is the truth
+    and the pod's label may predate it.
+    """
+    contract = pod_contract(environment)
+    shard = ShardRuntimeConfig.from_json(contract.shard_config.read_bytes())
+    users_file = args.users_file or contract.users_file
+    member = member_config(shard, contract.member, users_file=users_file)
+    data_dir = args.data_dir or contract.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config_path = data_dir / contract.member_config_file.name
+    config_path.write_text(member.model_dump_json(by_alias=True), encoding="utf-8")
+    role_file = args.role_file or data_dir / contract.role_file.name
+    if not role_file.exists() and contract.initial_role is not None:
+        RoleFile(role_file).write(contract.initial_role)
+    args.config = config_path
+    args.data_dir = data_dir
+    args.role_file = role_file
+    args.token_file = args.token_file or Path(shard.agent_token_file)
+    args.listen = args.listen or f"0.0.0.0:{shard.ports.agent}"
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -82,12 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        host, port = _split_listen(args.listen)
+        if args.config is None:
+            _from_pod(args, dict(os.environ))
+        elif args.role_file is None or args.data_dir is None or args.token_file is None:
+            raise ValueError("--config needs --role-file, --data-dir and --token-file")
+        host, port = _split_listen(args.listen or "0.0.0.0:8080")
         token = args.token_file.read_text(encoding="utf-8").strip()
         if not token:
             raise ValueError(f"token file {args.token_file} is empty")
         run_as = resolve_run_as(args.run_as)
-    except (OSError, ValueError, IdentityError) as exc:
+    except (OSError, ValueError, IdentityError, pydantic.ValidationError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     settings = AgentSettings(
