@@ -27,7 +27,7 @@ from mailshard.builders.routing import RoutingGaps
 from mailshard.metrics import OperatorMetrics
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder
-from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.kube import KubeApi, Manifest, NamespaceTerminatingError
 from mailshard.services.routing import RoutingOutcome, RoutingPublisher
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class ClusterReconciler:
         started = time.monotonic()
         try:
             status = self._reconcile_once(namespace, name)
+        except NamespaceTerminatingError:
+            log.info("%s/%s: namespace is being deleted; not reconciling", namespace, name)
+            status = None
         except Exception:
             self.metrics.reconcile_errors.labels(kind="MailCluster").inc()
             raise

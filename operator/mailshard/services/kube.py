@@ -27,6 +27,10 @@ FIELD_MANAGER: Final = "mailshard-operator"
 Manifest = dict[str, Any]
 
 
+class NamespaceTerminatingError(ApiException):  # type: ignore[misc]  # kubernetes is untyped to mypy here
+    """A write refused because its namespace is being deleted: everything in it is going away."""
+
+
 @dataclass(frozen=True)
 class Kind:
     """Where a kind lives in the REST API."""
@@ -105,7 +109,10 @@ class KubeApi:
         response = self._client.call_api(method, url, header_params=headers, body=body, post_params=post_params)
         response.read()
         if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response)
+            error = ApiException(http_resp=response)
+            if error.status == 403 and "NamespaceTerminating" in str(error.body):
+                raise NamespaceTerminatingError(http_resp=response)
+            raise error
         return json.loads(response.data) if response.data else None
 
     def _count(self, verb: str, kind: str) -> None:

@@ -51,7 +51,7 @@ from mailshard.builders.names import pod_name, replication_secret_name, volume_c
 from mailshard.metrics import OperatorMetrics, ShardFacts
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder, EventType
-from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.kube import KubeApi, Manifest, NamespaceTerminatingError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ class ShardReconciler:
         started = time.monotonic()
         try:
             status = self._reconcile_once(namespace, name)
+        except NamespaceTerminatingError:
+            # The namespace's deletion removes our children and then the shard; recreating
+            # them would only be refused again. Nothing to do, and nothing went wrong.
+            log.info("%s/%s: namespace is being deleted; not reconciling", namespace, name)
+            status = None
         except Exception:
             self.metrics.reconcile_errors.labels(kind="MailShard").inc()
             raise
