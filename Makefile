@@ -61,6 +61,7 @@ build-k8s: venv
 
 mail-deps:
 	bash .ci/install-mail-deps
+	bash .ci/install-cyrus-prefix
 
 # podman, buildah, debootstrap and runc from Debian: image builds are offline but for apt.
 image-deps:

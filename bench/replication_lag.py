@@ -1,4 +1,4 @@
-"""Measures Dovecot master→replica replication on one machine, with the agents run in-process.
+"""Measures Dovecot (or Cyrus) master→replica replication on one machine, with the agents run in-process.
 
 Two figures: the idle lag (one message delivered over LMTP to a quiet pair,
 until its file appears in the user's Maildir on the replica, polled every 2 ms)
@@ -7,9 +7,14 @@ replica's ``doveadm mailbox status`` shows every mailbox with the master's
 UIDVALIDITY, UIDNEXT and message count; one doveadm call takes ~20-30 ms, which
 bounds the resolution). A replica serves no IMAP, hence doveadm and the disk.
 
-Run as root (Dovecot then runs as ``vmail``) or as any user::
+With ``--backend cyrus`` (Cyrus from ``$MAILSHARD_CYRUS_ROOT`` or the prefix of
+``.ci/install-cyrus-prefix``), both figures come from ``mbexamine`` on the
+replica instead (one call takes ~10-30 ms), and the clock starts once the
+master's agent has created every user's INBOX.
 
-    .venv/bin/python bench/replication_lag.py [--users 50] [--messages 1000] [--idle-samples 20]
+Run as root (the daemon then runs as ``vmail``) or as any user::
+
+    .venv/bin/python bench/replication_lag.py [--backend cyrus] [--users 50] [--messages 1000] [--idle-samples 20]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import smtplib
 import socket
@@ -29,6 +35,7 @@ from pathlib import Path
 from mailshard.agent.identity import resolve_run_as
 from mailshard.agent.observe import MailboxState
 from mailshard.agent.service import Agent, AgentSettings
+from mailshard.backends import Backend
 
 PASSWORD = "bench-password"
 
@@ -59,7 +66,19 @@ async def _poll_until(check: Callable[[], Awaitable[bool]], interval: float) -> 
         await asyncio.sleep(interval)
 
 
-def _make_agents(base: Path, users: list[str]) -> tuple[list[Agent], list[dict[str, int]]]:
+def _cyrus_root() -> Path:
+    if os.environ.get("MAILSHARD_CYRUS_ROOT"):
+        return Path(os.environ["MAILSHARD_CYRUS_ROOT"])
+    return Path("/var/cache/mailshard/cyrus-root") if os.geteuid() == 0 else Path.home() / ".cache/mailshard/cyrus-root"
+
+
+async def _mailboxes(agent: Agent) -> tuple[MailboxState, ...]:
+    if agent.backend is Backend.CYRUS:
+        return await agent.cyrus.mailbox_status()
+    return await agent.doveadm.mailbox_status()
+
+
+def _make_agents(base: Path, users: list[str], backend: Backend) -> tuple[list[Agent], list[dict[str, int]]]:
     base.chmod(0o755)
     (base / "users").write_text("".join(f"{user}:{{PLAIN}}{PASSWORD}::::::\n" for user in users))
     (base / "users").chmod(0o644)
@@ -72,6 +91,7 @@ def _make_agents(base: Path, users: list[str]) -> tuple[list[Agent], list[dict[s
         root.chmod(0o755)
         config = {
             "shard": "bench",
+            "backend": backend.value,
             "member": name,
             "listenAddress": "127.0.0.1",
             "ports": ports[i],
@@ -87,6 +107,7 @@ def _make_agents(base: Path, users: list[str]) -> tuple[list[Agent], list[dict[s
             data_dir=root / "data",
             token="bench",
             run_as=run_as,
+            cyrus_root=_cyrus_root(),
         )
         agents.append(Agent(settings))
     return agents, ports
@@ -97,6 +118,8 @@ def _files(maildir: Path) -> int:
 
 
 async def _idle_lag(master_lmtp: int, replica: Agent, users: list[str], samples: int) -> list[float]:
+    if replica.backend is Backend.CYRUS:
+        return await _idle_lag_cyrus(master_lmtp, replica, users, samples)
     seen = []
     for index in range(samples):
         user = users[index % len(users)]
@@ -114,6 +137,23 @@ async def _idle_lag(master_lmtp: int, replica: Agent, users: list[str], samples:
     return seen
 
 
+async def _idle_lag_cyrus(master_lmtp: int, replica: Agent, users: list[str], samples: int) -> list[float]:
+    seen = []
+    for index in range(samples):
+        user = users[index % len(users)]
+        before = _counts(await replica.cyrus.mailbox_status()).get((user, "INBOX"))
+        started = time.monotonic()
+        await asyncio.to_thread(_deliver, master_lmtp, [(user, _message(user, index))])
+
+        async def arrived(user: str = user, before: tuple[int, int, int] | None = before) -> bool:
+            return _counts(await replica.cyrus.mailbox_status()).get((user, "INBOX")) != before
+
+        await _poll_until(arrived, 0.002)
+        seen.append(time.monotonic() - started)
+        await asyncio.sleep(0.2)
+    return seen
+
+
 def _counts(states: tuple[MailboxState, ...]) -> dict[tuple[str, str], tuple[int, int, int]]:
     return {(s.user, s.mailbox): (s.uidvalidity, s.uidnext, s.messages) for s in states}
 
@@ -123,10 +163,10 @@ async def _burst(master_lmtp: int, agents: list[Agent], users: list[str], count:
     started = time.monotonic()
     await asyncio.gather(*(asyncio.to_thread(_deliver, master_lmtp, burst[k::4]) for k in range(4)))
     delivered = time.monotonic() - started
-    expected = _counts(await agents[0].doveadm.mailbox_status())
+    expected = _counts(await _mailboxes(agents[0]))
 
     async def matched() -> bool:
-        return _counts(await agents[1].doveadm.mailbox_status()) == expected
+        return _counts(await _mailboxes(agents[1])) == expected
 
     await _poll_until(matched, 0.01)
     return delivered, time.monotonic() - started
@@ -134,13 +174,14 @@ async def _burst(master_lmtp: int, agents: list[Agent], users: list[str], count:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--backend", type=Backend, choices=list(Backend), default=Backend.DOVECOT)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--idle-samples", type=int, default=20)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="ms-bench-"))
     users = [f"bench{n:03d}@example.test" for n in range(args.users)]
-    agents, ports = _make_agents(base, users)
+    agents, ports = _make_agents(base, users, args.backend)
     try:
         # The replica first, so that the master's replicator never starts against a closed port.
         for agent in reversed(agents):
@@ -151,9 +192,16 @@ async def main() -> None:
 
             await _poll_until(up, 0.05)
         await asyncio.sleep(1.0)  # let both replicators finish their start-up full sync
+        if args.backend is Backend.CYRUS:  # the master's agent creates every INBOX before deliveries may race
+
+            async def provisioned() -> bool:
+                return agents[0].provisioned
+
+            await _poll_until(provisioned, 0.05)
         idle = await _idle_lag(ports[0]["lmtp"], agents[1], users, args.idle_samples)
         delivered, converged = await _burst(ports[0]["lmtp"], agents, users, args.messages)
         result = {
+            "backend": args.backend.value,
             "idle_lag_ms": {
                 "median": round(statistics.median(idle) * 1000, 1),
                 "max": round(max(idle) * 1000, 1),

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 _FETCH = re.compile(rb"UID (\d+) FLAGS \(([^)]*)\)")
+_FETCH_FLAGS_FIRST = re.compile(rb"FLAGS \(([^)]*)\) UID (\d+)")  # Cyrus answers in this order
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,13 @@ def snapshot_user(port: int, user: str, password: str) -> MailboxSnapshot:
         for item in data:
             if not isinstance(item, bytes):
                 continue
-            match = _FETCH.search(item)
-            if match:
-                names = {flag.decode() for flag in match.group(2).split()} - {"\\Recent"}
-                flags[int(match.group(1))] = frozenset(names)
+            if match := _FETCH.search(item):
+                uid, names = int(match.group(1)), match.group(2)
+            elif match := _FETCH_FLAGS_FIRST.search(item):
+                uid, names = int(match.group(2)), match.group(1)
+            else:
+                continue
+            flags[uid] = frozenset({flag.decode() for flag in names.split()} - {"\\Recent"})
         return MailboxSnapshot(uidvalidity, flags)
     finally:
         client.logout()

@@ -14,8 +14,7 @@ import signal
 import aiohttp
 import mailtools
 import pytest
-
-from conftest import TOKEN, Member, PairFactory, converged, pid_alive, port_open
+from mail_support import TOKEN, Member, PairFactory, converged, pid_alive, port_open
 
 pytestmark = pytest.mark.mail
 

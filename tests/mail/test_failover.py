@@ -21,8 +21,7 @@ from collections.abc import Callable
 
 import mailtools
 import pytest
-
-from conftest import Member, Pair, PairFactory, converged, port_open
+from mail_support import Member, Pair, PairFactory, converged, port_open
 
 pytestmark = pytest.mark.mail
 

@@ -13,8 +13,7 @@ import time
 
 import mailtools
 import pytest
-
-from conftest import PairFactory, converged, pid_alive, port_open
+from mail_support import PairFactory, converged, pid_alive, port_open
 
 pytestmark = pytest.mark.mail
 

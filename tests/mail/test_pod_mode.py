@@ -19,8 +19,8 @@ from pathlib import Path
 
 import mailtools
 import pytest
+from mail_support import REPO, free_ports, port_open
 
-from conftest import REPO, free_ports, port_open
 from mailshard.api.runtime import RuntimeMember, RuntimePorts, RuntimeReplication, ShardRuntimeConfig
 
 pytestmark = pytest.mark.mail

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--doveadm", default="doveadm", help="doveadm binary (default %(default)s)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between observations")
     parser.add_argument("--users-file", type=Path, help="passwd-file of the users (pod mode; default from the pod)")
+    parser.add_argument(
+        "--cyrus-root",
+        type=Path,
+        default=None,
+        help="prefix Cyrus is installed under (default $MAILSHARD_CYRUS_ROOT or /)",
+    )
     return parser
 
 
@@ -137,5 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         dovecot_binary=args.dovecot,
         doveadm_binary=args.doveadm,
         poll_interval=args.poll_interval,
+        **({"cyrus_root": args.cyrus_root} if args.cyrus_root is not None else {}),
     )
     return asyncio.run(serve(settings, host, port))

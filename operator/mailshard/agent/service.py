@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from mailshard.agent.cyrustools import CyrusInstall, CyrusToolError, CyrusTools, create_inboxes, probe_sync_port
 from mailshard.agent.decide import (
     Action,
     MemberState,
@@ -47,11 +49,21 @@ from mailshard.agent.peer import PeerAgent, PeerAgentError, Probe, ProbeResult, 
 from mailshard.agent.state import FenceMarker, RoleFile
 from mailshard.agent.supervisor import DaemonSupervisor
 from mailshard.backends import (
+    Backend,
     InstancePaths,
     MemberRuntimeConfig,
     ReplicationStrategy,
     ServingMode,
     render_dovecot,
+)
+from mailshard.backends.cyrus import (
+    CYRUS_CONF,
+    IMAPD_CONF,
+    SASLDB_FILE,
+    SYNC_ADMIN,
+    CyrusSettings,
+    render_cyrus,
+    sasl_users,
 )
 from mailshard.backends.dovecot import CONF_FILE
 
@@ -77,6 +89,9 @@ class AgentSettings:
     dovecot_binary: str = "dovecot"
     doveadm_binary: str = "doveadm"
     poll_interval: float = 1.0
+    cyrus_root: Path = field(default_factory=lambda: Path(os.environ.get("MAILSHARD_CYRUS_ROOT", "/")))
+    """Where Cyrus is installed (``/``, or a prefix extracted by ``.ci/install-cyrus-prefix``).
+    Used only when the runtime config says ``backend: cyrus``; not yet a CLI flag."""
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -120,6 +135,12 @@ class Agent:
             on_restart=self._on_restart,
         )
         self.doveadm = Doveadm(settings.doveadm_binary, self.paths.conf_dir / CONF_FILE, settings.run_as)
+        self.cyrus_install = CyrusInstall(settings.cyrus_root)
+        self.cyrus = CyrusTools(self.cyrus_install, self.paths.conf_dir / IMAPD_CONF, settings.run_as)
+        self.backend = Backend.DOVECOT
+        self.provisioned = False
+        """Cyrus: every user's INBOX exists on this master (see ``create_inboxes``). Reset by every role change."""
+        self.provision_error: str | None = None
         self.tracker = LagTracker()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -155,7 +176,9 @@ class Agent:
         self._load()
         if self.config is not None:
             self.metrics = AgentMetrics(self.config.shard, self.config.member)
+            self._use_backend(self.config.backend)
             self._write_config()
+            await self._write_users()
             self.supervisor.start()
         else:
             self.metrics = AgentMetrics("unknown", "unknown")
@@ -170,6 +193,23 @@ class Agent:
         await self.supervisor.stop()
         if self._session is not None:
             await self._session.close()
+
+    def _use_backend(self, backend: Backend) -> None:
+        """Point the supervisor at the backend's daemon. Chosen once, at start: a change needs a new agent."""
+        self.backend = backend
+        if backend is Backend.CYRUS:
+            conf = self.paths.conf_dir
+            self.supervisor.argv = [
+                str(self.cyrus_install.libexec / "master"),
+                "-D",
+                "-p",
+                str(self.paths.base_dir / "master.pid"),
+                "-M",
+                str(conf / CYRUS_CONF),
+                "-C",
+                str(conf / IMAPD_CONF),
+            ]
+            self.supervisor.env = self.cyrus_install.env()
 
     def _on_restart(self) -> None:
         if self.metrics is not None:
@@ -214,20 +254,34 @@ class Agent:
 
     def _write_config(self) -> None:
         assert self.config is not None
-        files = render_dovecot(
-            self.config,
-            self.member.mode,
-            paths=self.paths,
-            identity=self.settings.run_as.identity,
-            strategy=ReplicationStrategy.REPLICATOR,
-            doveadm_password_from_file=self.doveadm_password,
-        )
+        if self.backend is Backend.CYRUS:
+            assert self.doveadm_password is not None
+            files = render_cyrus(
+                self.config,
+                self.member.mode,
+                paths=self.paths,
+                identity=self.settings.run_as.identity,
+                sync_password=self.doveadm_password,
+                settings=CyrusSettings(libexec=self.cyrus_install.libexec),
+            )
+        else:
+            files = render_dovecot(
+                self.config,
+                self.member.mode,
+                paths=self.paths,
+                identity=self.settings.run_as.identity,
+                strategy=ReplicationStrategy.REPLICATOR,
+                doveadm_password_from_file=self.doveadm_password,
+            )
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         for directory in (self.paths.conf_dir, self.paths.base_dir, self.paths.state_dir, self.paths.mail_dir):
             directory.mkdir(parents=True, exist_ok=True)
             # Dovecot insists on a world-readable base_dir (login processes connect to its sockets).
             directory.chmod(0o755 if directory == self.paths.base_dir else 0o750)
             self.settings.run_as.own(directory)
+        if self.backend is Backend.CYRUS:  # Cyrus binds its idle and notify sockets here but never creates it
+            (self.paths.state_dir / "socket").mkdir(mode=0o750, exist_ok=True)
+            self.settings.run_as.own(self.paths.state_dir / "socket")
         for name, content in files.items():
             path = self.paths.conf_dir / name
             tmp = path.with_name(f".{name}.tmp")
@@ -236,6 +290,17 @@ class Agent:
             self.settings.run_as.own(tmp)
             tmp.replace(path)
         log.info("rendered %s for mode %s", ", ".join(sorted(files)), self.member.mode)
+
+    async def _write_users(self) -> None:
+        """Cyrus only: (re)build the sasldb from the users file, plus the replication admin."""
+        if self.backend is not Backend.CYRUS or self.config is None or self.doveadm_password is None:
+            return
+        try:
+            users = sasl_users(self.config.users_file.read_text(encoding="utf-8"))
+            await self.cyrus.write_sasldb(self.paths.conf_dir / SASLDB_FILE, users, {SYNC_ADMIN: self.doveadm_password})
+        except (OSError, ValueError, CyrusToolError) as exc:
+            self.config_error = f"cannot build the Cyrus user database: {exc}"
+            log.error("%s", self.config_error)
 
     # -- role changes --------------------------------------------------------------------------------------------
 
@@ -264,10 +329,13 @@ class Agent:
                 self.member = decision.target
                 self.role_error = None if decision.target.role is not None else self.role_error
                 self._write_config()
+                await self._write_users()
+                self.provisioned = False
                 self.tracker.reset()
                 self.lag = None
                 await self.supervisor.restart()
                 await self._wait_up(within=20)
+                await self._provision()
                 await self._observe()
             return 200, {"result": decision.reason, "changed": decision.changes, "status": self.status()}
 
@@ -276,6 +344,43 @@ class Agent:
         # Nothing signals the pid file's appearance, so poll it briefly.
         while not self.supervisor.up and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        # Cyrus's master writes its pid file before it binds its services: wait for the one port that matters.
+        port = self._cyrus_port()
+        while port is not None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection(port[0], port[1])
+                writer.close()
+                return
+            await asyncio.sleep(0.05)
+
+    async def _provision(self) -> None:
+        """Cyrus master: create the INBOX of every user in the users file that lacks one, before it is needed."""
+        if self.provisioned or self.backend is not Backend.CYRUS or self.member.mode is not ServingMode.MASTER:
+            return
+        port = self._cyrus_port()
+        if port is None or self.config is None or self.doveadm_password is None or not self.supervisor.up:
+            return
+        try:
+            users = [user for user, _ in sasl_users(self.config.users_file.read_text(encoding="utf-8"))]
+            created = await create_inboxes(port[0], port[1], SYNC_ADMIN, self.doveadm_password, users)
+        except (OSError, ValueError, CyrusToolError) as exc:
+            if self.provision_error != str(exc):
+                log.error("%s", exc)
+            self.provision_error = str(exc)
+            return
+        self.provisioned, self.provision_error = True, None
+        log.info("every user has an INBOX (%d created)", created)
+
+    def _cyrus_port(self) -> tuple[str, int] | None:
+        if self.backend is not Backend.CYRUS or self.config is None:
+            return None
+        host = self.config.listen_address
+        host = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host
+        if self.member.mode is ServingMode.MASTER:
+            return host, self.config.ports.imap
+        if self.member.mode is ServingMode.REPLICA:
+            return host, self.config.ports.doveadm
+        return None
 
     # -- observation ---------------------------------------------------------------------------------------------
 
@@ -325,7 +430,13 @@ class Agent:
             return
         mode = self.member.mode
         up = self.supervisor.up
-        if up:
+        if up and self.backend is Backend.CYRUS:
+            await self._provision()
+            try:
+                self.mailboxes, self.mailbox_error = await self.cyrus.mailbox_status(), None
+            except (CyrusToolError, ParseError) as exc:
+                self.mailbox_error = str(exc)
+        elif up:
             try:
                 self.mailboxes, self.mailbox_error = await self.doveadm.mailbox_status(), None
             except (DoveadmError, ParseError) as exc:
@@ -339,11 +450,16 @@ class Agent:
                 self.replicator_users, self.replicator_error = (), None
         await self._observe_peer()
         peer = self.config.peer
-        if peer is not None and mode is not ServingMode.FENCED and self.doveadm_password is not None:
+        # Cyrus: only a master's sync client talks to the peer (a Cyrus master has no sync server to probe).
+        probing = mode is ServingMode.MASTER if self.backend is Backend.CYRUS else mode is not ServingMode.FENCED
+        if peer is not None and probing and self.doveadm_password is not None:
             # Every poll while the peer is unreachable (cheap, and the nudge below waits on it); otherwise
             # every PROBE_EVERY polls, since each rejected login is an error line in the peer's log.
             if self._polls % PROBE_EVERY == 1 or self.probe is None or self.probe.result is ProbeResult.UNREACHABLE:
-                probe = await probe_doveadm(peer.host, peer.doveadm_port, self.doveadm_password)
+                if self.backend is Backend.CYRUS:
+                    probe = await probe_sync_port(peer.host, peer.doveadm_port)
+                else:
+                    probe = await probe_doveadm(peer.host, peer.doveadm_port, self.doveadm_password)
                 if probe.result is not ProbeResult.OK and (self.probe is None or self.probe != probe):
                     log.error("%s", probe.detail)
                 self.probe = probe
@@ -376,6 +492,8 @@ class Agent:
     async def _maybe_kick(self, now: float, mode: ServingMode) -> None:
         """Nudge the replicator when the peer is reachable again but users wait in the failed queue."""
         if mode is not ServingMode.MASTER or self.probe is None or self.probe.result is not ProbeResult.OK:
+            return
+        if self.backend is not Backend.DOVECOT:  # Cyrus's rolling sync_client retries on its own
             return
         stuck = any(user.failed for user in self.replicator_users)
         behind = self.lag is not None and not self.lag.in_sync and self.lag.lag_seconds > KICK_INTERVAL
@@ -415,6 +533,7 @@ class Agent:
             self.replicator_error,
             self.peer_error,
             self.peer_problem() if self.probe is not None else None,
+            self.provision_error,
         ]
         failed = [user.username for user in self.replicator_users if user.failed]
         if failed:
@@ -445,7 +564,8 @@ class Agent:
             "role": self.member.role.value if self.member.role is not None else None,
             "fenced": self.member.fenced,
             "mode": mode.value,
-            "readyAsMaster": ready_as_master(mode=mode, daemon_up=up, config_error=self.config_error),
+            "readyAsMaster": ready_as_master(mode=mode, daemon_up=up, config_error=self.config_error)
+            and (self.provisioned or self.backend is not Backend.CYRUS),
             "daemonUp": up,
             "daemon": {
                 "pid": self.supervisor.pid,
@@ -456,7 +576,7 @@ class Agent:
             "configError": self.config_error,
             "roleError": self.role_error,
             "replication": {
-                "strategy": ReplicationStrategy.REPLICATOR.value,
+                "strategy": "cyrus-rolling" if self.backend is Backend.CYRUS else ReplicationStrategy.REPLICATOR.value,
                 "state": state.value,
                 "lagSeconds": None if self.lag is None else round(self.lag.lag_seconds, 3),
                 "lagDefinition": LAG_DEFINITION,

@@ -1,4 +1,4 @@
-"""Starts, watches and stops one foreground daemon process (``dovecot -F``).
+"""Starts, watches and stops one foreground daemon process (``dovecot -F`` or Cyrus ``master -D``).
 
 Why this module exists: in a pod the agent is PID 1's only child that matters,
 so it must do what an init would: start the daemon in its own process group,
@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from mailshard.agent.identity import RunAs
@@ -36,8 +36,10 @@ class DaemonSupervisor:
         stop_timeout: float = 15.0,
         min_uptime: float = 0.5,
         on_restart: Callable[[], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.env = None if env is None else dict(env)
         self.run_as = run_as
         self.pid_file = pid_file
         self.initial_backoff = initial_backoff
@@ -147,6 +149,7 @@ class DaemonSupervisor:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
+                    env=self.env,
                     **self.run_as.spawn_kwargs(),  # type: ignore[arg-type]
                 )
             except (FileNotFoundError, PermissionError) as exc:

@@ -1,0 +1,468 @@
+"""Shared helpers and fixtures of the mail tier (imported by name: a module called conftest would clash across tiers).
+
+Every member is started exactly as the image will start it, ``python -m
+mailshard.agent ...``, as a subprocess in its own process group, with its data,
+sockets and configuration under one temporary directory and every port on
+127.0.0.1. Finalizers stop each agent with SIGTERM, then kill its process group
+and the daemon's (the agent starts Dovecot in a session of its own), so nothing
+outlives a test even when it fails. Agent logs are attached to failing reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "mail-tier-token"
+DOVEADM_PASSWORD = "mail-tier-replication-secret"
+
+
+def _die_with_parent() -> None:
+    """In the agent's child process: get SIGTERM if pytest dies, so the agent stops its daemon too."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _skip_reason() -> str | None:
+    if shutil.which("dovecot") is None or shutil.which("doveadm") is None:
+        return "dovecot is not installed (run .ci/install-mail-deps)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("vmail")
+        except KeyError:
+            return "running as root needs the unprivileged 'vmail' user (run .ci/install-mail-deps)"
+    return None
+
+
+@pytest.fixture
+def dovecot_installed() -> None:
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+@dataclass
+class Member:
+    """One member of a pair: its files, ports and (when running) its agent process."""
+
+    name: str
+    root: Path
+    ports: dict[str, int]
+    config: dict[str, Any]
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "runtime.json"
+
+    @property
+    def role_file(self) -> Path:
+        return self.root / "data" / "role"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "agent.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['agent']}"
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "run" / "master.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def mailbox_counts(self) -> dict[tuple[str, str], tuple[int, int, int]]:
+        """(UIDVALIDITY, UIDNEXT, MESSAGES) per (user, mailbox), straight from this member's doveadm."""
+        argv = ["doveadm", "-c", str(self.data_dir / "conf" / "dovecot.conf"), "-f", "json", "mailbox", "status"]
+        argv += ["-A", "uidvalidity uidnext messages", "*"]
+        run_as = {"user": "vmail", "group": "vmail", "extra_groups": []} if os.geteuid() == 0 else {}
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True, **run_as)  # type: ignore[call-overload]
+        rows = json.loads(done.stdout or "[]")
+        return {
+            (row["username"], row["mailbox"]): (int(row["uidvalidity"]), int(row["uidnext"]), int(row["messages"]))
+            for row in rows
+        }
+
+    def write_config(self) -> None:
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+
+    def set_role(self, role: str | None) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if role is None:
+            self.role_file.unlink(missing_ok=True)
+        else:
+            self.role_file.write_text(role + "\n")
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o755)
+        argv = [
+            sys.executable,
+            "-m",
+            "mailshard.agent",
+            "--config",
+            str(self.config_path),
+            "--role-file",
+            str(self.role_file),
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            f"127.0.0.1:{self.ports['agent']}",
+            "--token-file",
+            str(self.root.parent / "token"),
+            "--poll-interval",
+            "0.5",
+            *self.extra_args,
+        ]
+        env = dict(os.environ, PYTHONPATH=str(REPO / "operator"), PYTHONUNBUFFERED="1")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads are spawning processes here
+            )
+
+    def stop(self, *, grace: float = 25.0) -> int | None:
+        """SIGTERM the agent (it stops its daemon), then make sure both process groups are gone."""
+        daemon = self.daemon_pid()
+        code = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.proc.wait(grace)
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait() if code is None else code
+            self.exit_codes.append(code)
+        if daemon is not None and pid_alive(daemon):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(daemon, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while pid_alive(daemon) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.proc = None
+        return code
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # -- HTTP ------------------------------------------------------------------------------------------------
+
+    async def request(
+        self, method: str, path: str, *, token: str | None = TOKEN, expect: int | None = 200
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method, self.url + path, headers=headers, timeout=aiohttp.ClientTimeout(total=60)
+            ) as response,
+        ):
+            body = await response.json(content_type=None) if response.content_type == "application/json" else None
+            if expect is not None:
+                assert response.status == expect, f"{method} {path} on {self.name}: {response.status} {body}"
+            return response.status, body
+
+    async def status(self) -> dict[str, Any]:
+        _, body = await self.request("GET", "/status")
+        assert isinstance(body, dict)
+        return body
+
+    async def action(self, name: str, *, expect: int = 200) -> dict[str, Any]:
+        _, body = await self.request("POST", f"/{name}", expect=expect)
+        assert isinstance(body, dict)
+        return body
+
+    async def wait_status(
+        self, predicate: Callable[[dict[str, Any]], bool], *, within: float = 30.0, what: str = ""
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                last = await self.status()
+                if predicate(last):
+                    return last
+            await asyncio.sleep(0.1)
+        summary = {k: v for k, v in (last or {}).items() if k != "mailboxes"}
+        raise AssertionError(f"{self.name}: timed out after {within}s waiting for {what}; last status {summary}")
+
+    async def wait_healthy(self, *, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"agent {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                status, _ = await self.request("GET", "/healthz", token=None, expect=None)
+                if status == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"agent {self.name} not healthy within {within}s:\n{self.log_tail()}")
+
+
+@dataclass
+class Pair:
+    a: Member
+    b: Member
+    passwords: dict[str, str]
+
+    @property
+    def users(self) -> list[str]:
+        return sorted(self.passwords)
+
+    async def start(self) -> None:
+        self.a.start()
+        self.b.start()
+        await asyncio.gather(self.a.wait_healthy(), self.b.wait_healthy())
+
+
+REPLICATED_FIELDS = ("user", "mailbox", "uidvalidity", "uidnext", "messages", "unseen")
+
+
+def summaries(status: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The per-mailbox facts dsync makes equal on both sides (HIGHESTMODSEQ is per server)."""
+    return [tuple(row[name] for name in REPLICATED_FIELDS) for row in status["mailboxes"]["summary"]]
+
+
+async def converged(master: Member, replica: Member, *, within: float = 60.0) -> float:
+    """Wait until both members report identical mailbox summaries; return the seconds it took."""
+    started = time.monotonic()
+    deadline = started + within
+    while time.monotonic() < deadline:
+        first, second = await asyncio.gather(master.status(), replica.status())
+        if first["daemonUp"] and second["daemonUp"] and summaries(first) == summaries(second) and summaries(first):
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{master.name} and {replica.name} did not converge within {within}s")
+
+
+PairFactory = Callable[..., Pair]
+
+
+@pytest.fixture
+def make_pair(dovecot_installed: None, request: pytest.FixtureRequest) -> Iterator[PairFactory]:
+    """Build (not start) master/replica pairs; every process is cleaned up at the end of the test."""
+    base = Path(tempfile.mkdtemp(prefix="ms-"))  # short: Dovecot socket paths must stay under 108 bytes
+    base.chmod(0o755)
+    members: list[Member] = []
+
+    def factory(
+        *,
+        users: int = 10,
+        compression: bool = False,
+        password_b: str = DOVEADM_PASSWORD,
+        roles: tuple[str | None, str | None] = ("master", "replica"),
+    ) -> Pair:
+        index = len(members) // 2
+        pair_dir = base / f"pair{index}"
+        pair_dir.mkdir()
+        pair_dir.chmod(0o755)
+        (pair_dir / "token").write_text(TOKEN + "\n")
+        passwords = {f"user{n:02d}@example.test": f"secret-{n:02d}" for n in range(1, users + 1)}
+        users_file = pair_dir / "users"
+        users_file.write_text("".join(f"{user}:{{PLAIN}}{pw}::::::\n" for user, pw in passwords.items()))
+        users_file.chmod(0o644)
+        names = ("a", "b")
+        port_sets = [
+            dict(zip(("imap", "pop3", "lmtp", "managesieve", "doveadm", "agent"), free_ports(6), strict=True))
+            for _ in names
+        ]
+        pair_members = []
+        for i, name in enumerate(names):
+            other = port_sets[1 - i]
+            root = pair_dir / name
+            root.mkdir()
+            root.chmod(0o755)
+            config = {
+                "shard": "s1",
+                "backend": "dovecot",
+                "member": f"s1-{name}",
+                "listenAddress": "127.0.0.1",
+                "ports": {k: v for k, v in port_sets[i].items() if k != "agent"},
+                "peer": {
+                    "name": f"s1-{names[1 - i]}",
+                    "host": "127.0.0.1",
+                    "doveadmPort": other["doveadm"],
+                    "agentPort": other["agent"],
+                },
+                "compression": compression,
+                "usersFile": str(users_file),
+            }
+            if name == "a":
+                config["doveadmPassword"] = DOVEADM_PASSWORD
+            else:  # b reads it from a file, as from a mounted Secret
+                (root / "doveadm-password").write_text(password_b + "\n")
+                config["doveadmPasswordFile"] = str(root / "doveadm-password")
+            member = Member(name, root, port_sets[i], config)
+            member.write_config()
+            member.set_role(roles[i])
+            pair_members.append(member)
+            members.append(member)
+        return Pair(pair_members[0], pair_members[1], passwords)
+
+    yield factory
+
+    for member in members:
+        member.stop()
+        request.node.add_report_section("teardown", f"agent {member.name} log", member.log_tail())
+    shutil.rmtree(base, ignore_errors=True)
+
+
+# --- the proxy tier ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Proxy:
+    """A real Dovecot proxy (``mailshard.proxy.render``) on loopback ports, reading ``routes_file``."""
+
+    root: Path
+    ports: dict[str, int]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "conf" / "dovecot.conf"
+
+    @property
+    def routes_file(self) -> Path:
+        return self.root / "routes" / "routes.txt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "proxy.log"
+
+    def doveadm(self, args: list[str] | tuple[str, ...]) -> str:
+        done = subprocess.run(
+            ["doveadm", "-c", str(self.conf), *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert done.returncode == 0, f"doveadm {args}: {done.returncode} {done.stderr}"
+        return done.stdout
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture
+def proxy(dovecot_installed: None, request: pytest.FixtureRequest) -> Iterator[Proxy]:
+    """A started proxy with no route file yet (every login is refused temporarily until one is written)."""
+    if not Path("/usr/lib/dovecot/modules/auth/libauthdb_lua.so").exists():
+        pytest.skip("dovecot-auth-lua is not installed (run .ci/install-mail-deps)")
+    from mailshard.proxy.render import ProxyPorts, ProxySettings, render_proxy
+
+    root = Path(tempfile.mkdtemp(prefix="mp-"))
+    root.chmod(0o755)
+    for sub in ("conf", "routes", "run"):
+        (root / sub).mkdir()
+        (root / sub).chmod(0o755)
+    ports = dict(zip(("imap", "pop3", "lmtp", "managesieve"), free_ports(4), strict=True))
+    running_as_root = os.geteuid() == 0
+    user = "vmail" if running_as_root else pwd.getpwuid(os.geteuid()).pw_name
+    group = "vmail" if running_as_root else user
+    proxy = Proxy(root, ports)
+    settings = ProxySettings(
+        base_dir=root / "run",
+        conf_dir=root / "conf",
+        routes_file=proxy.routes_file,
+        user=user,
+        group=group,
+        listen="127.0.0.1",
+        ports=ProxyPorts(**ports),
+    )
+    for name, text in render_proxy(settings).items():
+        (root / "conf" / name).write_text(text)
+    with open(proxy.log_path, "ab") as log:
+        proxy.proc = subprocess.Popen(
+            ["dovecot", "-F", "-c", str(proxy.conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads are spawning processes here
+        )
+    deadline = time.monotonic() + 20
+    while not all(port_open(port) for port in ports.values()):
+        assert proxy.proc.poll() is None, f"the proxy exited:\n{proxy.log_tail()}"
+        assert time.monotonic() < deadline, f"the proxy did not listen within 20 s:\n{proxy.log_tail()}"
+        time.sleep(0.05)
+    yield proxy
+    proxy.proc.send_signal(signal.SIGTERM)
+    try:
+        proxy.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proxy.proc.pid, signal.SIGKILL)
+        proxy.proc.wait()
+    request.node.add_report_section("teardown", "proxy log", proxy.log_tail())
+    shutil.rmtree(root, ignore_errors=True)

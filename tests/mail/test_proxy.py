@@ -1,0 +1,305 @@
+"""The proxy tier on real daemons: a Dovecot proxy (`mailshard.proxy.render`) in front of two real Dovecot masters.
+
+The sidecar's API watch is replaced by direct calls to `apply_table`, the part
+that does the work: validate, write the route file, kick moved sessions. Each
+backend gets a marker mailbox per user (`at-a`, `at-b`), so a login through the
+proxy shows which backend it reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import poplib
+import smtplib
+import statistics
+import time
+from dataclasses import dataclass, replace
+
+import mailtools
+import pytest
+from mail_support import Member, PairFactory, Proxy, port_open
+
+from mailshard.api.routing import RoutingTable, ShardRoute, ShardState, render_table, route_user
+from mailshard.proxy.render import Endpoint
+from mailshard.proxy.sidecar import Applied, apply_table
+
+pytestmark = pytest.mark.mail
+
+SLOTS = 16
+
+ASCII_VECTORS = {  # the ASCII rows of tests/unit/test_routing_contract.py: login → slot of 1024
+    "alice@example.com": 703,
+    "Alice@Example.COM": 703,
+    "bob@example.com": 364,
+    "carol@example.org": 291,
+    "dave@mail.example.net": 425,
+    "postmaster@example.com": 609,
+    "a@b.c": 1002,
+    "user0001@example.com": 378,
+    "user0002@example.com": 488,
+}
+
+
+@dataclass
+class Tier:
+    proxy: Proxy
+    backends: dict[str, Member]
+    """masterHost → the member serving it."""
+    passwords: dict[str, str]
+    table: RoutingTable | None = None
+
+    def resolve(self, host: str) -> Endpoint:
+        ports = self.backends[host].ports
+        return Endpoint("127.0.0.1", ports["imap"], ports["pop3"], ports["lmtp"], ports["managesieve"])
+
+    def publish(self, table: RoutingTable) -> Applied:
+        applied = apply_table(
+            render_table(table),
+            previous=self.table,
+            routes_file=self.proxy.routes_file,
+            doveadm=self.proxy.doveadm,
+            resolve=self.resolve,
+        )
+        assert applied.accepted, applied.problems
+        self.table = applied.table
+        return applied
+
+    def next_table(self, **shards: ShardRoute) -> RoutingTable:
+        assert self.table is not None
+        return replace(self.table, version=self.table.version + 1, shards={**self.table.shards, **shards})
+
+    def user_of(self, shard: str) -> str:
+        assert self.table is not None
+        return next(user for user in sorted(self.passwords) if route_user(self.table, user).shard == shard)
+
+    def backend_of(self, user: str) -> str:
+        """Which backend an IMAP login through the proxy reaches."""
+        client = mailtools.imap_login(self.proxy.ports["imap"], user, self.passwords[user])
+        try:
+            return _marker(client)
+        finally:
+            client.logout()
+
+
+def _marker(client: imaplib.IMAP4) -> str:
+    typ, data = client.list('""', "at-*")
+    assert typ == "OK", data
+    names = [item.decode().rsplit(" ", 1)[-1].strip('"') for item in data if isinstance(item, bytes)]
+    assert len(names) == 1, names
+    return names[0].removeprefix("at-")
+
+
+def serving(host: str) -> ShardRoute:
+    return ShardRoute(state=ShardState.SERVING, master=f"m-{host}", master_host=host)
+
+
+@pytest.fixture
+async def tier(make_pair: PairFactory, proxy: Proxy) -> Tier:
+    first, second = make_pair(users=10), make_pair(users=10)
+    await first.start()
+    await second.start()
+    backends = {"a": first.a, "b": second.a}
+    for name, member in backends.items():
+        deadline = time.monotonic() + 30
+        while not port_open(member.ports["imap"]):
+            assert time.monotonic() < deadline, f"backend {name} never listened:\n{member.log_tail()}"
+            await asyncio.sleep(0.1)
+        for user, password in first.passwords.items():
+            client = mailtools.imap_login(member.ports["imap"], user, password)
+            try:
+                assert client.create(f"at-{name}")[0] == "OK"
+            finally:
+                client.logout()
+    tier = Tier(proxy, backends, first.passwords)
+    half = SLOTS // 2
+    tier.publish(
+        RoutingTable(version=1, slots=("s1",) * half + ("s2",) * half, shards={"s1": serving("a"), "s2": serving("b")})
+    )
+    return tier
+
+
+def test_logins_and_deliveries_land_on_the_users_master(tier: Tier) -> None:
+    assert tier.table is not None
+    expected = {user: "a" if route_user(tier.table, user).shard == "s1" else "b" for user in tier.passwords}
+    assert set(expected.values()) == {"a", "b"}, "the test users should cover both shards"
+    assert {user: tier.backend_of(user) for user in tier.passwords} == expected
+
+    messages = [(user, mailtools.make_message(user, 1)) for user in sorted(tier.passwords)]
+    assert mailtools.deliver(tier.proxy.ports["lmtp"], messages, connections=2) == len(messages)
+    for user, backend in expected.items():
+        for name, member in tier.backends.items():
+            count, _ = mailtools.counts(member.ports["imap"], [user], tier.passwords)[user]
+            assert count == (1 if name == backend else 0), (user, name)
+
+    for user in tier.passwords:
+        pop = poplib.POP3("127.0.0.1", tier.proxy.ports["pop3"], timeout=10)
+        try:
+            pop.user(user)
+            pop.pass_(tier.passwords[user])
+            assert pop.stat()[0] == 1
+        finally:
+            pop.quit()
+
+
+def test_a_route_change_moves_the_next_login(tier: Tier) -> None:
+    user = tier.user_of("s1")
+    password = tier.passwords[user]
+    delays: list[float] = []
+    for flip in range(30):
+        target = "b" if flip % 2 == 0 else "a"
+        started = time.monotonic()
+        tier.publish(tier.next_table(s1=serving(target)))
+        # The very first login after the write must already land on the new master: none may be missed.
+        client = mailtools.imap_login(tier.proxy.ports["imap"], user, password)
+        try:
+            reached = _marker(client)
+        finally:
+            client.logout()
+        assert reached == target, f"flip {flip}: the first login after the new table still reached {reached}"
+        delays.append(time.monotonic() - started)
+    delays.sort()
+    p50, p99 = statistics.median(delays), delays[min(len(delays) - 1, round(0.99 * (len(delays) - 1)))]
+    print(
+        f"\nproxy route change → IMAP login on the new master, {len(delays)} flips, none missed: "
+        f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (apply_table with kick + a full IMAP login)"
+    )
+    assert p99 <= 1.0
+
+
+def test_a_moved_users_open_session_is_kicked_and_reconnects_to_the_new_master(tier: Tier) -> None:
+    user = tier.user_of("s1")
+    other = tier.user_of("s2")
+    moved = mailtools.imap_login(tier.proxy.ports["imap"], user, tier.passwords[user])
+    staying = mailtools.imap_login(tier.proxy.ports["imap"], other, tier.passwords[other])
+    assert _marker(moved) == "a"
+    assert _marker(staying) == "b"
+
+    applied = tier.publish(tier.next_table(s1=serving("b")))
+    assert applied.kicked == (user,)
+    deadline = time.monotonic() + 5
+    kicked = False
+    while not kicked and time.monotonic() < deadline:
+        try:
+            moved.noop()
+        except (imaplib.IMAP4.abort, OSError):
+            kicked = True
+        time.sleep(0.05)
+    assert kicked, "the moved user's session was not disconnected"
+    assert staying.noop()[0] == "OK"
+    staying.logout()
+    assert tier.backend_of(user) == "b"
+
+
+def _imap_refusal(port: int, user: str, password: str) -> str:
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=60)
+    try:
+        with pytest.raises(imaplib.IMAP4.error) as refused:
+            client.login(user, password)
+        return str(refused.value)
+    finally:
+        client.shutdown()
+
+
+def _pop3_refusal(port: int, user: str, password: str) -> str:
+    pop = poplib.POP3("127.0.0.1", port, timeout=60)
+    try:
+        pop.user(user)
+        with pytest.raises(poplib.error_proto) as refused:
+            pop.pass_(password)
+        return str(refused.value)
+    finally:
+        pop.close()
+
+
+def _lmtp_rcpt(port: int, user: str) -> tuple[int, bytes]:
+    with smtplib.LMTP("127.0.0.1", port, timeout=60) as lmtp:
+        lmtp.ehlo("test")
+        assert lmtp.mail("sender@example.test")[0] == 250
+        return lmtp.rcpt(user)
+
+
+@pytest.mark.parametrize("state", [ShardState.FENCED, ShardState.UNREADY])
+def test_a_refused_shard_answers_temporary_errors_and_the_other_keeps_serving(tier: Tier, state: ShardState) -> None:
+    fenced_user, other = tier.user_of("s1"), tier.user_of("s2")
+    row = ShardRoute(state=state, master="m-a", master_host="a") if state is ShardState.FENCED else ShardRoute(state)
+    tier.publish(tier.next_table(s1=row))
+    ports = tier.proxy.ports
+
+    imap = _imap_refusal(ports["imap"], fenced_user, tier.passwords[fenced_user])
+    assert "[UNAVAILABLE]" in imap, imap
+    pop3 = _pop3_refusal(ports["pop3"], fenced_user, tier.passwords[fenced_user])
+    assert "[SYS/TEMP]" in pop3, pop3
+    code, text = _lmtp_rcpt(ports["lmtp"], fenced_user)
+    assert 400 <= code < 500, (code, text)
+    print(f"\n{state.value} shard: IMAP {imap!r}; POP3 {pop3!r}; LMTP {code} {text!r}")
+
+    assert tier.backend_of(other) == "b"
+    assert _lmtp_rcpt(ports["lmtp"], other)[0] == 250
+
+
+def test_unknown_users_and_wrong_passwords_are_refused_by_the_backend(tier: Tier) -> None:
+    ports = tier.proxy.ports
+    user = tier.user_of("s1")
+    for login, password in ((user, "wrong"), ("nobody@example.test", "whatever")):
+        answer = _imap_refusal(ports["imap"], login, password)
+        assert "[AUTHENTICATIONFAILED]" in answer, answer
+        answer = _pop3_refusal(ports["pop3"], login, password)
+        assert "[SYS/TEMP]" not in answer, answer
+        assert "ERR" in answer, answer
+    code, text = _lmtp_rcpt(ports["lmtp"], "nobody@example.test")
+    assert 500 <= code < 600, (code, text)
+
+
+def test_a_refused_table_keeps_the_last_good_routes(tier: Tier) -> None:
+    assert tier.table is not None
+    before = tier.proxy.routes_file.read_text()
+    older = apply_table(
+        render_table(
+            replace(tier.table, version=tier.table.version - 0, shards={"s1": serving("b"), "s2": serving("b")})
+        ),
+        previous=tier.table,
+        routes_file=tier.proxy.routes_file,
+        resolve=tier.resolve,
+    )
+    assert not older.accepted
+    garbage = apply_table("{", previous=tier.table, routes_file=tier.proxy.routes_file, resolve=tier.resolve)
+    assert not garbage.accepted
+    assert garbage.table is tier.table
+    assert tier.proxy.routes_file.read_text() == before
+    assert tier.backend_of(tier.user_of("s1")) == "a"
+
+
+def _ip(host: str) -> str:
+    """h<slot> → an address naming the slot (the auth process resolves host names; these do not exist)."""
+    slot = int(host.removeprefix("h"))
+    return f"10.0.{slot // 256}.{slot % 256}"
+
+
+def _looked_up_host(proxy: Proxy, user: str) -> str | None:
+    output = proxy.doveadm(["auth", "lookup", user])
+    for line in output.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key.strip() == "host":
+            return value.strip()
+    return None
+
+
+@pytest.mark.parametrize("slot_count", [1024, 1000])
+def test_the_lua_passdb_computes_the_same_slot_as_the_operator(proxy: Proxy, slot_count: int) -> None:
+    """Every slot its own shard and host, so the host the passdb answers names the slot it computed.
+
+    1000 slots does not divide 2**64, which exercises the unsigned modulo of a negative Lua integer.
+    """
+    shards = {f"s{slot}": serving(f"h{slot}") for slot in range(slot_count)}
+    table = RoutingTable(version=1, slots=tuple(f"s{slot}" for slot in range(slot_count)), shards=shards)
+    apply_table(
+        render_table(table), previous=None, routes_file=proxy.routes_file, resolve=lambda host: Endpoint(_ip(host))
+    )
+    logins = [f"User{n:04d}@Example.com" for n in range(60)]
+    for login, slot in ASCII_VECTORS.items():
+        logins.append(login)
+        if slot_count == 1024:
+            assert route_user(table, login).slot == slot
+    for login in logins:
+        assert _looked_up_host(proxy, login) == _ip(f"h{route_user(table, login).slot}"), login

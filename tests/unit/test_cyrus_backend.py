@@ -1,0 +1,106 @@
+"""The Cyrus renderer and the mbexamine parser, by value (no daemon)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailshard.agent.cyrustools import parse_mbexamine
+from mailshard.backends import MemberRuntimeConfig, ProcessIdentity, ServingMode
+from mailshard.backends.cyrus import CYRUS_CONF, IMAPD_CONF, CyrusSettings, render_cyrus, sasl_users
+from mailshard.backends.dovecot import InstancePaths
+
+PATHS = InstancePaths(
+    conf_dir=Path("/d/conf"), base_dir=Path("/d/run"), state_dir=Path("/d/state"), mail_dir=Path("/d/mail")
+)
+CONFIG = MemberRuntimeConfig.model_validate(
+    {
+        "shard": "s1",
+        "backend": "cyrus",
+        "member": "s1-a",
+        "listenAddress": "127.0.0.1",
+        "ports": {"imap": 1143, "lmtp": 1024, "doveadm": 1345, "pop3": 1110, "managesieve": 1419},
+        "peer": {"name": "s1-b", "host": "10.0.0.2", "doveadmPort": 2345},
+        "usersFile": "/secrets/users",
+        "doveadmPassword": "sync-secret",
+    }
+)
+
+
+def render(mode: ServingMode) -> dict[str, str]:
+    return render_cyrus(
+        CONFIG,
+        mode,
+        paths=PATHS,
+        identity=ProcessIdentity("vmail", "vmail"),
+        sync_password="sync-secret",
+        settings=CyrusSettings(libexec=Path("/c/bin")),
+    )
+
+
+def test_master_serves_clients_and_pushes_to_the_peer() -> None:
+    files = render(ServingMode.MASTER)
+    imapd, cyrus = files[IMAPD_CONF], files[CYRUS_CONF]
+    assert "sync_log: 1" in imapd
+    assert "sync_host: 10.0.0.2\nsync_port: 2345" in imapd
+    assert "sync_password: sync-secret" in imapd
+    assert "sasl_pwcheck_method: auxprop" in imapd
+    assert "alwaystrue" not in imapd
+    assert "configdirectory: /d/state" in imapd
+    assert "partition-default: /d/mail" in imapd
+    assert 'imap cmd="/c/bin/imapd -C /d/conf/imapd.conf" listen="127.0.0.1:1143"' in cyrus
+    assert 'lmtp cmd="/c/bin/lmtpd -C /d/conf/imapd.conf -a" listen="127.0.0.1:1024"' in cyrus
+    assert 'syncclient cmd="/c/bin/sync_client -C /d/conf/imapd.conf -r"' in cyrus
+    assert "syncserver" not in cyrus
+
+
+def test_replica_only_receives_replication() -> None:
+    files = render(ServingMode.REPLICA)
+    imapd, cyrus = files[IMAPD_CONF], files[CYRUS_CONF]
+    assert "sync_log: 0" in imapd
+    assert "sync_password" not in imapd
+    assert 'syncserver cmd="/c/bin/sync_server -C /d/conf/imapd.conf" listen="127.0.0.1:1345"' in cyrus
+    assert "bin/imapd" not in cyrus
+    assert "bin/lmtpd" not in cyrus
+    assert "sync_client" not in cyrus
+
+
+def test_fenced_listens_on_nothing() -> None:
+    cyrus = render(ServingMode.FENCED)[CYRUS_CONF]
+    assert "listen=" not in cyrus
+    assert "sync_client" not in cyrus
+
+
+def test_sasl_users_needs_plain_passwords() -> None:
+    assert sasl_users("# c\nAlice@x.test:{PLAIN}pw::::::\n\nbob:pw2\n") == [("alice@x.test", "pw"), ("bob", "pw2")]
+    with pytest.raises(ValueError, match="SHA512-CRYPT"):
+        sasl_users("alice:{SHA512-CRYPT}$6$abc::::::\n")
+
+
+MBEXAMINE = """\
+Examining user/alice@x.test... Mailbox Header Info:
+  Number of Messages: 2  Mailbox Size: 10 bytes  Annotations Size: 0 bytes
+  UIDValidity: 1700000000  Last UID: 3
+  Highest Mod Sequence: 7
+ Message Info:
+      > INTERNALFLAGS:      > SYSTEMFLAGS: FLAG_SEEN
+      > INTERNALFLAGS:      > SYSTEMFLAGS:
+Examining user/alice/Sent@x.test... Mailbox Header Info:
+  Number of Messages: 0  Mailbox Size: 0 bytes  Annotations Size: 0 bytes
+  UIDValidity: 1700000001  Last UID: 0
+  Highest Mod Sequence: 1
+"""
+
+
+def test_parse_mbexamine() -> None:
+    inbox, sent = parse_mbexamine(MBEXAMINE)
+    assert (inbox.user, inbox.mailbox, inbox.uidvalidity, inbox.uidnext, inbox.messages, inbox.unseen) == (
+        "alice@x.test",
+        "INBOX",
+        1700000000,
+        4,
+        2,
+        1,
+    )
+    assert (sent.mailbox, sent.uidnext, sent.messages, sent.highestmodseq) == ("Sent", 1, 0, 1)
