@@ -90,6 +90,17 @@ def _marker(client: imaplib.IMAP4) -> str:
     return names[0].removeprefix("at-")
 
 
+async def _create_marker(client: imaplib.IMAP4, mailbox: str) -> None:
+    """CREATE, retried briefly: the replicator may hold the user's mailbox-list lock right after a first login."""
+    answer: tuple[str, list[object]] = ("NO", [])
+    for _ in range(50):
+        answer = client.create(mailbox)
+        if answer[0] == "OK" or any(b"ALREADYEXISTS" in item for item in answer[1] if isinstance(item, bytes)):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"CREATE {mailbox} kept failing: {answer}")
+
+
 def serving(host: str) -> ShardRoute:
     return ShardRoute(state=ShardState.SERVING, master=f"m-{host}", master_host=host)
 
@@ -108,7 +119,7 @@ async def tier(make_pair: PairFactory, proxy: Proxy) -> Tier:
         for user, password in first.passwords.items():
             client = mailtools.imap_login(member.ports["imap"], user, password)
             try:
-                assert client.create(f"at-{name}")[0] == "OK"
+                await _create_marker(client, f"at-{name}")
             finally:
                 client.logout()
     tier = Tier(proxy, backends, first.passwords)
