@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import time
 from typing import Any, Final
 
 import pydantic
@@ -27,7 +26,8 @@ from mailshard.builders.routing import RoutingGaps
 from mailshard.metrics import OperatorMetrics
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder
-from mailshard.services.kube import KubeApi, Manifest, NamespaceTerminatingError
+from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.measured import measured
 from mailshard.services.routing import RoutingOutcome, RoutingPublisher
 
 log = logging.getLogger(__name__)
@@ -57,18 +57,9 @@ class ClusterReconciler:
         return self._runs.run((namespace, name), lambda: self._measured_reconcile(namespace, name))
 
     def _measured_reconcile(self, namespace: str, name: str) -> MailClusterStatus | None:
-        started = time.monotonic()
-        try:
-            status = self._reconcile_once(namespace, name)
-        except NamespaceTerminatingError:
-            log.info("%s/%s: namespace is being deleted; not reconciling", namespace, name)
-            status = None
-        except Exception:
-            self.metrics.reconcile_errors.labels(kind="MailCluster").inc()
-            raise
-        finally:
-            self.metrics.reconcile_duration.labels(kind="MailCluster").observe(time.monotonic() - started)
-        return status
+        return measured(
+            self.metrics, "MailCluster", f"{namespace}/{name}", lambda: self._reconcile_once(namespace, name)
+        )
 
     def _reconcile_once(self, namespace: str, name: str) -> MailClusterStatus | None:
         body = self.api.get("MailCluster", name, namespace)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
-import time
 from typing import Any, Final
 
 import pydantic
@@ -51,7 +50,8 @@ from mailshard.builders.names import pod_name, replication_secret_name, volume_c
 from mailshard.metrics import OperatorMetrics, ShardFacts
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder, EventType
-from mailshard.services.kube import KubeApi, Manifest, NamespaceTerminatingError
+from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.measured import measured
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +90,9 @@ class ShardReconciler:
         return self._runs.run((namespace, name), lambda: self._measured_reconcile(namespace, name))
 
     def _measured_reconcile(self, namespace: str, name: str) -> MailShardStatus | None:
-        started = time.monotonic()
-        try:
-            status = self._reconcile_once(namespace, name)
-        except NamespaceTerminatingError:
-            # The namespace's deletion removes our children and then the shard; recreating
-            # them would only be refused again. Nothing to do, and nothing went wrong.
-            log.info("%s/%s: namespace is being deleted; not reconciling", namespace, name)
-            status = None
-        except Exception:
-            self.metrics.reconcile_errors.labels(kind="MailShard").inc()
-            raise
-        finally:
-            self.metrics.reconcile_duration.labels(kind="MailShard").observe(time.monotonic() - started)
+        status = measured(
+            self.metrics, "MailShard", f"{namespace}/{name}", lambda: self._reconcile_once(namespace, name)
+        )
         if status is None:
             self.metrics.shards.forget(namespace, name)
         else:
