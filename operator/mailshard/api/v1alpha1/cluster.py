@@ -8,26 +8,23 @@ merged under the shard's own settings by `MailShard.resolve`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import AfterValidator, Field
 
 from mailshard.api.v1alpha1.common import (
     CONDITIONS_LIST,
     Condition,
     JsonSchema,
     ResourceMetadata,
+    ResourceModel,
     ResourceRequirements,
     SpecModel,
     StatusModel,
     cel,
-    check_resource_name,
     validations,
 )
 from mailshard.api.v1alpha1.settings import ShardDefaults
-from mailshard.api.v1alpha1.shard import plain
 
 KIND: Final = "MailCluster"
 
@@ -152,39 +149,13 @@ class MailClusterStatus(StatusModel):
         return next((c for c in self.conditions if c.type == condition_type), None)
 
 
-class MailCluster(BaseModel):
+class MailCluster(ResourceModel):
     """A set of mail shards behind shared proxies that route every user to the shard holding their mail."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        extra="ignore",
-        frozen=True,
-    )
+    resource_kind = KIND
 
     api_version: Literal["mailshard.io/v1alpha1"] = "mailshard.io/v1alpha1"
     kind: Literal["MailCluster"] = "MailCluster"
     metadata: ResourceMetadata
     spec: MailClusterSpec = Field(default_factory=MailClusterSpec, json_schema_extra=_OBJECT_DEFAULT)
     status: MailClusterStatus = Field(default_factory=MailClusterStatus)
-
-    @field_validator("metadata")
-    @classmethod
-    def _name_fits_derived_names(cls, metadata: ResourceMetadata) -> ResourceMetadata:
-        check_resource_name(metadata.name, kind=KIND)
-        return metadata
-
-    @classmethod
-    def from_resource(cls, body: Mapping[str, Any]) -> MailCluster:
-        """Parse a whole MailCluster object as the API returns it.
-
-        Raises pydantic.ValidationError when the object does not match the model.
-        """
-        document = plain(body)
-        if document.get("status") is None:
-            document.pop("status", None)
-        if document.get("spec") is None:
-            document.pop("spec", None)
-        return cls.model_validate(document)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, ClassVar, Final, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
 from mailshard.api.constants import DNS_LABEL_PATTERN, GROUP, MAX_NAME_LENGTH
@@ -205,3 +206,49 @@ CONDITIONS_LIST: Final[JsonSchema] = {
     "x-kubernetes-list-map-keys": ["type"],
 }
 """Schema extras making `conditions` a map keyed by type, so server-side apply merges them."""
+
+
+def plain(value: Any) -> Any:
+    """A deep copy of a Kubernetes body made of plain dicts and lists (kopf hands out mapping views)."""
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
+class ResourceModel(BaseModel):
+    """A whole custom resource as the API returns it, parsed once at the boundary.
+
+    Subclasses set `resource_kind` (used to check that the name leaves room for
+    the names derived from it) and declare apiVersion, kind, metadata, spec and
+    status.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="ignore",
+        frozen=True,
+    )
+    resource_kind: ClassVar[str]
+
+    @field_validator("metadata", check_fields=False)
+    @classmethod
+    def _name_fits_derived_names(cls, metadata: ResourceMetadata) -> ResourceMetadata:
+        check_resource_name(metadata.name, kind=cls.resource_kind)
+        return metadata
+
+    @classmethod
+    def from_resource(cls, body: Mapping[str, Any]) -> Self:
+        """Parse a whole object (apiVersion, kind, metadata, spec, status); an absent or null section is left out.
+
+        Raises pydantic.ValidationError when the object does not match the model.
+        """
+        document = plain(body)
+        for section in ("spec", "status"):
+            if document.get(section) is None:
+                document.pop(section, None)
+        return cls.model_validate(document)

@@ -10,12 +10,10 @@ input the manifest builders take.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ConfigDict, Field
 
 from mailshard.api.enums import Backend, Compression
 from mailshard.api.v1alpha1.common import (
@@ -24,11 +22,11 @@ from mailshard.api.v1alpha1.common import (
     DnsLabelName,
     FreeFormObject,
     ResourceMetadata,
+    ResourceModel,
     ResourceRequirements,
     SpecModel,
     StatusModel,
     cel,
-    check_resource_name,
     validations,
 )
 from mailshard.api.v1alpha1.settings import (
@@ -302,49 +300,16 @@ class ResolvedShard(BaseModel):
         return self.spec.cluster_name or self.name
 
 
-def plain(value: Any) -> Any:
-    """A deep copy of a Kubernetes body made of plain dicts and lists (kopf hands out mapping views)."""
-    if isinstance(value, Mapping):
-        return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(item) for item in value]
-    return value
-
-
-class MailShard(BaseModel):
+class MailShard(ResourceModel):
     """A highly available IMAP mail store: two members, one master and one replica, on different nodes."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        extra="ignore",
-        frozen=True,
-    )
+    resource_kind = KIND
 
     api_version: Literal["mailshard.io/v1alpha1"] = "mailshard.io/v1alpha1"
     kind: Literal["MailShard"] = "MailShard"
     metadata: ResourceMetadata
     spec: MailShardSpec
     status: MailShardStatus = Field(default_factory=MailShardStatus)
-
-    @field_validator("metadata")
-    @classmethod
-    def _name_fits_derived_names(cls, metadata: ResourceMetadata) -> ResourceMetadata:
-        check_resource_name(metadata.name, kind=KIND)
-        return metadata
-
-    @classmethod
-    def from_resource(cls, body: Mapping[str, Any]) -> MailShard:
-        """Parse a whole MailShard object as the API returns it (apiVersion, kind, metadata, spec, status).
-
-        Raises pydantic.ValidationError when the object does not match the model.
-        """
-        document = plain(body)
-        if document.get("status") is None:
-            document.pop("status", None)
-        return cls.model_validate(document)
 
     def resolve(self, defaults: ShardDefaults | None) -> ResolvedShard:
         """Merge this shard's own settings over its cluster's `shardDefaults` (built-in defaults if None).
