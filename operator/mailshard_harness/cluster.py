@@ -41,7 +41,11 @@ from mailshard_harness.storage import STORAGE_CLASS_NAME, storage_class_manifest
 from mailshard_harness.testing import kubectl_apply
 
 SERVICE_CIDR = "10.96.0.0/16"
-POD_CIDR = "10.244.0.0/16"
+POD_CIDR = "127.64.0.1/16"
+"""Loopback, on purpose: the operator polls each pod's agent at its pod IP, and traffic must stay on this
+machine. (Written as KWOK's own default is, from .1, so no pod gets the network address.)
+Nothing listens there unless a test starts a real agent on a KWOK pod's IP (`local_agents`)."""
+KWOK_NODE_IP = "127.63.0.1"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 STATE_FILE = "state.json"
 _START_TIMEOUT = 60.0
@@ -469,7 +473,7 @@ class ControlPlane:
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             f"--cidr={POD_CIDR}",
-            "--node-ip=10.244.0.1",
+            f"--node-ip={KWOK_NODE_IP}",
             # Explicit, because an options file without it leaves leases off: nodes would then
             # heartbeat only every ~10 minutes and the node controller would mark them NotReady.
             "--node-lease-duration-seconds=40",

@@ -123,10 +123,18 @@ def status(
     master_ready: bool = True,
     ready: bool = True,
     target: str | None = None,
+    step: str | None = None,
     mailboxes: int | None = None,
 ) -> MailShardStatus:
     members = [{"name": master, "ready": master_ready}] if master else []
+    if target is not None:
+        members.append({"name": target, "ready": True})
+    progress = None
+    if target is not None:
+        progress = {"from": master, "to": target, "started": NOW, "reason": "master down", "completedAt": NOW}
+        progress |= {"completedStep": step} if step else {}
     document: dict[str, Any] = {
+        "failover": progress,
         "phase": phase,
         "master": master,
         "members": members,
@@ -149,7 +157,24 @@ def facts(name: str, capacity: int = 1000, present: bool = True, **kwargs: Any) 
         (ShardFacts("s-1", status()), ShardState.SERVING, "s-1-a"),
         (ShardFacts("s-1", status(phase="Degraded", ready=False)), ShardState.SERVING, "s-1-a"),  # replica lost
         (ShardFacts("s-1", status(master_ready=False, phase="Degraded", ready=False)), ShardState.UNREADY, "s-1-a"),
-        (ShardFacts("s-1", status(phase="FailingOver", target="s-1-b")), ShardState.FENCED, "s-1-a"),
+        # A failover routes to the old master until it fences routing, to nobody, then to the new master.
+        (ShardFacts("s-1", status(phase="FailingOver", target="s-1-b")), ShardState.SERVING, "s-1-a"),
+        (
+            ShardFacts("s-1", status(phase="FailingOver", target="s-1-b", step="FenceRouting")),
+            ShardState.FENCED,
+            "s-1-a",
+        ),
+        (ShardFacts("s-1", status(phase="FailingOver", target="s-1-b", step="Promote")), ShardState.FENCED, "s-1-a"),
+        (
+            ShardFacts("s-1", status(phase="FailingOver", target="s-1-b", step="RepointRouting")),
+            ShardState.SERVING,
+            "s-1-b",
+        ),
+        (
+            ShardFacts("s-1", status(phase="FailingOver", target="s-1-b", step="RejoinOldMaster")),
+            ShardState.SERVING,
+            "s-1-b",
+        ),
         (ShardFacts("s-1", status(phase="Fenced")), ShardState.FENCED, "s-1-a"),
         (ShardFacts("s-1", status(master=None, phase="Provisioning", ready=False)), ShardState.UNREADY, None),
         (ShardFacts("s-1", None), ShardState.UNREADY, None),
@@ -215,7 +240,7 @@ def test_an_unchanged_cluster_publishes_nothing() -> None:
 
 def test_a_failover_changes_one_row_and_no_slot() -> None:
     before = plan(None, [facts("a-1"), facts("b-1")]).table
-    failing = plan(before, [facts("a-1", phase="FailingOver", target="a-1-b"), facts("b-1")])
+    failing = plan(before, [facts("a-1", phase="FailingOver", target="a-1-b", step="FenceRouting"), facts("b-1")])
     assert failing.publish
     assert failing.table.version == before.version + 1
     assert failing.table.slots == before.slots

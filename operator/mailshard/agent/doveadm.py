@@ -74,3 +74,17 @@ class Doveadm:
         if full:
             args.append("-f")
         await self.run(*args, user_mask, json_output=False)
+
+    async def raise_uidnext(self, user: str, floors: dict[str, int]) -> None:
+        """Make each of the user's mailboxes hand out UIDs from at least its floor on (never lowers one).
+
+        One doveadm process per user, with `batch` running one `mailbox update`
+        per mailbox, so a user with many folders costs one process.
+        """
+        commands: list[str] = []
+        for mailbox, floor in sorted(floors.items()):
+            if commands:
+                commands.append(":")
+            commands += ["mailbox", "update", "--min-next-uid", str(floor), mailbox]
+        if commands:
+            await self.run("batch", "-u", user, ":", *commands, json_output=False)

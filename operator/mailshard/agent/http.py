@@ -10,6 +10,8 @@ bearer token and call the ``Agent``.
 - ``POST /promote`` (``?force=true`` to promote while the peer claims master),
   ``/demote``, ``/fence``, ``/unfence``: bearer token; 200 with the new
   status, 409 when the change is refused, 401 without a valid token.
+- ``POST /uidnext`` with ``{"floors": {"user/mailbox": n}}``: bearer token;
+  a master raises each mailbox's UIDNEXT to at least ``n`` (a failover step).
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ def _action_handler(action: Action) -> Handler:
     return handler
 
 
+@_require_token
+async def raise_uidnext(request: web.Request) -> web.StreamResponse:
+    try:
+        body = await request.json()
+        floors = {str(key): int(value) for key, value in body["floors"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return web.json_response({"error": 'expected {"floors": {"user/mailbox": uidnext, ...}}'}, status=400)
+    code, answer = await request.app[AGENT_KEY].raise_uidnext(floors)
+    return web.json_response(answer, status=code)
+
+
 def build_app(agent: Agent) -> web.Application:
     app = web.Application()
     app[AGENT_KEY] = agent
@@ -83,4 +96,5 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/status", status)
     for action in Action:
         app.router.add_post(f"/{action.value}", _action_handler(action))
+    app.router.add_post("/uidnext", raise_uidnext)
     return app

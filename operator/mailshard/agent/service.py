@@ -339,6 +339,43 @@ class Agent:
                 await self._observe()
             return 200, {"result": decision.reason, "changed": decision.changes, "status": self.status()}
 
+    async def raise_uidnext(self, floors: dict[str, int]) -> tuple[int, dict[str, Any]]:
+        """Raise UIDNEXT of each `user/mailbox` to at least its floor (a failover's RaiseUidNext step).
+
+        Only a master does it: it is the member that hands out new UIDs. Mailboxes
+        that do not exist here are skipped (they have no UIDs to reuse); floors below
+        the current UIDNEXT change nothing, so the call is idempotent.
+        """
+        async with self._lock:
+            if self.member.mode is not ServingMode.MASTER or not self.supervisor.up:
+                return 409, {"error": f"only a running master raises UIDNEXT (this member is {self.mode.value})"}
+            if self.backend is Backend.CYRUS:
+                return 501, {"error": "raising UIDNEXT is not implemented for Cyrus", "raised": 0}
+            existing = {f"{state.user}/{state.mailbox}" for state in self.mailboxes}
+            per_user: dict[str, dict[str, int]] = {}
+            for key, floor in floors.items():
+                user, _, mailbox = key.partition("/")
+                if key in existing and mailbox:
+                    per_user.setdefault(user, {})[mailbox] = floor
+            limit = asyncio.Semaphore(4)
+
+            async def one(user: str, mailboxes: dict[str, int]) -> str | None:
+                async with limit:
+                    try:
+                        await self.doveadm.raise_uidnext(user, mailboxes)
+                    except DoveadmError as exc:
+                        return f"{user}: {exc}"
+                return None
+
+            failures = [f for f in await asyncio.gather(*(one(u, m) for u, m in per_user.items())) if f]
+            await self._observe()
+            raised = sum(len(m) for m in per_user.values())
+            if failures:
+                log.error("raising UIDNEXT failed for %d user(s): %s", len(failures), "; ".join(failures[:3]))
+                return 500, {"error": "; ".join(failures[:5]), "raised": raised - len(failures)}
+            log.info("raised UIDNEXT on %d mailbox(es) of %d user(s)", raised, len(per_user))
+            return 200, {"raised": raised, "skipped": len(floors) - raised, "status": self.status()}
+
     async def _wait_up(self, within: float) -> None:
         deadline = time.monotonic() + within
         # Nothing signals the pid file's appearance, so poll it briefly.

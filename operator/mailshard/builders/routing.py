@@ -68,14 +68,28 @@ class ShardFacts:
     @property
     def failing_over(self) -> bool:
         status = self.status
-        return status is not None and (status.phase in _FAILING_OVER or status.target_master is not None)
+        return status is not None and (status.phase in _FAILING_OVER or status.failover is not None)
+
+    @property
+    def fenced(self) -> bool:
+        """Whether routing must refuse this shard's users now: fenced by a human, or mid-failover before repointing."""
+        status = self.status
+        if status is None:
+            return False
+        if status.phase is ShardPhase.FENCED:
+            return True
+        return status.failover is not None and status.routed_member is None
+
+    @property
+    def routed_member(self) -> str | None:
+        return self.status.routed_member if self.status is not None else None
 
     @property
     def master_ready(self) -> bool:
-        status = self.status
-        if status is None or status.master is None:
+        status, routed = self.status, self.routed_member
+        if status is None or routed is None:
             return False
-        return any(member.name == status.master and member.ready for member in status.members)
+        return any(member.name == routed and member.ready for member in status.members)
 
     @property
     def ready(self) -> bool:
@@ -100,13 +114,13 @@ def shard_route(facts: ShardFacts, namespace: str) -> ShardRoute:
     master = facts.status.master if facts.status is not None else None
     if master is None:
         return ShardRoute(state=ShardState.UNREADY, endpoint=endpoint)
-    if facts.failing_over:
-        state = ShardState.FENCED
-    elif facts.master_ready:
-        state = ShardState.SERVING
-    else:
-        state = ShardState.UNREADY
-    return ShardRoute(state=state, master=master, master_host=member_host(master, namespace), endpoint=endpoint)
+    if facts.fenced:
+        return ShardRoute(
+            state=ShardState.FENCED, master=master, master_host=member_host(master, namespace), endpoint=endpoint
+        )
+    routed = facts.routed_member or master
+    state = ShardState.SERVING if facts.master_ready else ShardState.UNREADY
+    return ShardRoute(state=state, master=routed, master_host=member_host(routed, namespace), endpoint=endpoint)
 
 
 # --- slot assignment -------------------------------------------------------------------------------

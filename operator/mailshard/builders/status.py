@@ -33,6 +33,7 @@ from typing import Final
 from mailshard.api.v1alpha1 import (
     Condition,
     ConditionStatus,
+    FailoverProgressStatus,
     FailoverRecord,
     MailShardStatus,
     MemberRole,
@@ -78,6 +79,12 @@ class ShardObservation:
     target_master: str | None = None
     """Set while a failover to this member is in progress."""
     failing_since: datetime | None = None
+    recovering_since: datetime | None = None
+    uncertain_since: datetime | None = None
+    failover: FailoverProgressStatus | None = None
+    """The failover under way, as the failover monitor recorded it (its target is `target_master`)."""
+    alarm: Problem | None = None
+    """The failover monitor will not act on its own and says why (a human must decide)."""
     last_failover: FailoverRecord | None = None
     mailboxes: int | None = None
     fenced: Problem | None = None
@@ -115,10 +122,14 @@ def _data_plane(observation: ShardObservation, *, established: bool) -> _DataPla
     if observation.fenced is not None:
         return _DataPlane(ShardPhase.FENCED, "Fenced", observation.fenced.message)
     if observation.target_master is not None:
+        progress = observation.failover
+        kind = "switching over" if progress is not None and progress.planned else "promoting"
+        step = progress.completed_step if progress is not None else None
+        done = f" (done: {step.value})" if step is not None else ""
         return _DataPlane(
             ShardPhase.FAILING_OVER,
             "FailingOver",
-            f"promoting {observation.target_master} to master in place of {master or 'an unknown member'}",
+            f"{kind} {observation.target_master} to master in place of {master or 'an unknown member'}{done}",
         )
     if not established and not any(m.pod_exists for m in members):
         return _DataPlane(ShardPhase.PENDING, "Pending", f"waiting for the pods of {_names(members)}")
@@ -173,7 +184,7 @@ def compute_shard_status(
     """The status to write for `observation`, given the status currently stored (`previous`)."""
     _check_members(observation)
     data = _data_plane(observation, established=_was_established(previous))
-    stall = observation.failure or observation.fenced
+    stall = observation.failure or observation.fenced or observation.alarm
     phase = ShardPhase.FAILED if observation.failure is not None else data.phase
     replicating, replicating_reason, replicating_message, replica = _replicating(observation)
     generation = observation.generation
@@ -222,6 +233,9 @@ def compute_shard_status(
         mailboxes=observation.mailboxes,
         target_master=observation.target_master,
         failing_since=observation.failing_since,
+        recovering_since=observation.recovering_since,
+        uncertain_since=observation.uncertain_since,
+        failover=observation.failover,
     )
 
 

@@ -17,37 +17,10 @@ old one may have handed out.
 
 from __future__ import annotations
 
-import enum
-from typing import Final
+from mailshard.api.v1alpha1 import STEP_ORDER, FailoverStep, step_index
 
-
-class FailoverStep(enum.StrEnum):
-    """One step of a failover or planned switchover, in the order they run."""
-
-    FENCE_ROUTING = "FenceRouting"
-    """Point the routing layer (the master Service and the proxies) at no member at all."""
-    DRAIN = "Drain"
-    """Wait until the target holds everything the old master accepted (only while the old master is up)."""
-    FENCE_OLD_MASTER = "FenceOldMaster"
-    """Tell the old master's agent to fence it (skipped, with routing already fenced, when it cannot be reached)."""
-    PROMOTE = "Promote"
-    """Tell the target's agent to become master."""
-    RAISE_UIDNEXT = "RaiseUidNext"
-    """Raise every mailbox's UIDNEXT on the new master above any UID the old master may have assigned."""
-    REPOINT_ROUTING = "RepointRouting"
-    """Point the routing layer at the new master."""
-    REJOIN_OLD_MASTER = "RejoinOldMaster"
-    """Demote and unfence the old master so it replicates from the new one (skipped when it is not up)."""
-    RECORD = "Record"
-    """Write the new master and the failover record into the status; the failover is over."""
-
-
-STEP_ORDER: Final[tuple[FailoverStep, ...]] = tuple(FailoverStep)
-
-
-def step_index(step: FailoverStep | None) -> int:
-    """Position of a completed step; -1 for "nothing completed yet", so comparisons read naturally."""
-    return -1 if step is None else STEP_ORDER.index(step)
+__all__ = ["STEP_ORDER", "FailoverStep", "has_completed", "next_step", "step_index"]
+"""The step enum and its order live in the API, because `status.failover.completedStep` holds them."""
 
 
 def next_step(completed: FailoverStep | None) -> FailoverStep | None:

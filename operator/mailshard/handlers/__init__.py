@@ -3,6 +3,6 @@
 Importing this package registers every handler with kopf.
 """
 
-from mailshard.handlers import clusters, lifecycle, shards
+from mailshard.handlers import clusters, failover, lifecycle, shards
 
-__all__ = ["clusters", "lifecycle", "shards"]
+__all__ = ["clusters", "failover", "lifecycle", "shards"]

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from mailshard.metrics import OperatorMetrics
 from mailshard.services.cluster import ClusterReconciler
 from mailshard.services.events import EventRecorder
+from mailshard.services.failover import FailoverMonitor
 from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.member_views import MemberViews
 from mailshard.services.routing import RoutingPublisher
 from mailshard.services.shard import ShardReconciler
 
@@ -27,18 +29,34 @@ class Platform:
     """Also publishes each cluster's routing table, in the same serialised run as its status."""
 
     metrics: OperatorMetrics
+    views: MemberViews
+    failover: FailoverMonitor
+    """Polls each shard's agents every second and fails over; records through `after_failover_record`."""
 
     @classmethod
     def build(cls, api: KubeApi, metrics: OperatorMetrics | None = None) -> Platform:
         metrics = metrics or OperatorMetrics()
         api.on_write = lambda verb, kind: metrics.api_writes.labels(verb=verb, kind=kind).inc()
         events = EventRecorder(api)
+        views = MemberViews()
+        shards = ShardReconciler(api, events, metrics=metrics, views=views)
+        clusters = ClusterReconciler(api, events, RoutingPublisher(api, events), metrics=metrics)
+
+        def after_failover_record(namespace: str, shard: str, cluster: str | None) -> None:
+            # The shard's phase, conditions and pod labels first, then the routing table from its new status.
+            shards.reconcile(namespace, shard)
+            if cluster is not None:
+                clusters.reconcile(namespace, cluster)
+
+        failover = FailoverMonitor(api, events, views, after_record=after_failover_record, metrics=metrics)
         return cls(
             api=api,
             events=events,
-            shards=ShardReconciler(api, events, metrics=metrics),
-            clusters=ClusterReconciler(api, events, RoutingPublisher(api, events), metrics=metrics),
+            shards=shards,
+            clusters=clusters,
             metrics=metrics,
+            views=views,
+            failover=failover,
         )
 
     def cluster_changed(self, namespace: str, name: str) -> None:

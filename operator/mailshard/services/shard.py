@@ -22,7 +22,7 @@ from typing import Any, Final
 import pydantic
 
 from mailshard import __version__
-from mailshard.api.constants import ANNOTATION_FENCED, LABEL_ROLE, LABEL_SHARD
+from mailshard.api.constants import AGENT_PORT, ANNOTATION_FENCED, LABEL_ROLE, LABEL_SHARD
 from mailshard.api.quantity import parse_quantity
 from mailshard.api.v1alpha1 import (
     MailCluster,
@@ -47,11 +47,14 @@ from mailshard.builders import (
 )
 from mailshard.builders.drift import contains, differences
 from mailshard.builders.names import pod_name, replication_secret_name, volume_claim_name
+from mailshard.failover import FailoverPolicy
+from mailshard.failover.record import RECORD_FIELDS
 from mailshard.metrics import OperatorMetrics, ShardFacts
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder, EventType
 from mailshard.services.kube import KubeApi, Manifest
 from mailshard.services.measured import measured
+from mailshard.services.member_views import MemberViews, ShardSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,12 @@ class ShardReconciler:
         *,
         images: BackendImages | None = None,
         metrics: OperatorMetrics | None = None,
+        views: MemberViews | None = None,
     ) -> None:
         self.api = api
         self.events = events
+        self.views = views or MemberViews()
+        """Shared with the failover monitor: what the agents said, and the policy it needs from the spec."""
         self.metrics = metrics or OperatorMetrics()
         self.images = images or BackendImages.for_version(__version__)
         self._runs: Coalescer[MailShardStatus | None] = Coalescer()
@@ -114,11 +120,13 @@ class ShardReconciler:
         generation = int(body["metadata"].get("generation", 0))
         try:
             shard = self._resolve(body)
+            self._share_settings(shard)
             master = self._choose_master(shard, previous)
+            routed = previous.routed_member if previous is not None and previous.master is not None else master
             self._ensure_secret(shard)
             created, reverted = self._ensure_children(shard, master)
             self._ensure_volume_sizes(shard)
-            self._ensure_pod_roles(shard, master)
+            self._ensure_pod_roles(shard, routed)
             observation = self._observe(shard, master, previous, fenced=_fence_request(body))
             status = compute_shard_status(observation, previous=previous, now=now)
         except UnactionableSpecError as failure:
@@ -173,6 +181,16 @@ class ShardReconciler:
                 "NoDefaultStorageClass",
                 "spec.storage.storageClassName is unset and the cluster has no default StorageClass",
             )
+
+    def _share_settings(self, shard: ResolvedShard) -> None:
+        policy = FailoverPolicy.from_settings(shard.spec.failover, shard.spec.replication)
+        settings = ShardSettings(
+            policy=policy,
+            cluster=shard.spec.cluster_name,
+            secret=replication_secret_name(shard.name),
+            agent_port=AGENT_PORT,
+        )
+        self.views.set_settings((shard.namespace, shard.name), settings)
 
     @staticmethod
     def _choose_master(shard: ResolvedShard, previous: MailShardStatus | None) -> str:
@@ -233,13 +251,17 @@ class ShardReconciler:
                     "volumes can only grow",
                 )
 
-    def _ensure_pod_roles(self, shard: ResolvedShard, master: str) -> None:
-        """Live pods carry the role the operator decided (templates only reach new pods: OnDelete)."""
+    def _ensure_pod_roles(self, shard: ResolvedShard, routed: str | None) -> None:
+        """Live pods carry the role the operator decided (templates only reach new pods: OnDelete).
+
+        Only the member routing may point at is labelled master, so the master
+        Service selects nobody while a failover has fenced the shard.
+        """
         for pod in self._pods(shard):
             member = _member_of(pod, shard)
             if member is None:
                 continue
-            role = MemberRole.MASTER if member == master else MemberRole.REPLICA
+            role = MemberRole.MASTER if member == routed else MemberRole.REPLICA
             if (pod["metadata"].get("labels") or {}).get(LABEL_ROLE) != role.value:
                 self.api.merge_patch(
                     "Pod", pod["metadata"]["name"], shard.namespace, {"metadata": {"labels": {LABEL_ROLE: role.value}}}
@@ -252,30 +274,44 @@ class ShardReconciler:
         self, shard: ResolvedShard, master: str, previous: MailShardStatus | None, *, fenced: Problem | None
     ) -> ShardObservation:
         pods = {pod["metadata"]["name"]: pod for pod in self._pods(shard)}
+        key = (shard.namespace, shard.name)
+        agents = self.views.members(key)
         members = []
         for member in shard.members:
             pod = pods.get(pod_name(member))
             if pod is None or pod["metadata"].get("deletionTimestamp"):
                 members.append(MemberObservation(name=member))
                 continue
+            view = agents.get(member)
+            # The agent's own word when it answers; otherwise the role the operator assigned.
+            assigned = MemberRole.MASTER if member == master else MemberRole.REPLICA
             members.append(
                 MemberObservation(
                     name=member,
                     pod_exists=True,
                     ready=_pod_ready(pod),
-                    role=MemberRole.MASTER if member == master else MemberRole.REPLICA,
+                    role=view.role if view is not None else assigned,
                     node=pod["spec"].get("nodeName"),
+                    lag_seconds=view.lag_seconds if view is not None else None,
+                    last_sync_time=view.last_sync_time if view is not None else None,
                 )
             )
         first, second = members
+        progress = previous.failover if previous is not None else None
         return ShardObservation(
             generation=shard.generation,
             members=(first, second),
             master=master,
             max_lag_seconds=shard.spec.replication.max_lag_seconds,
+            target_master=progress.to_member if progress is not None else None,
+            failing_since=previous.failing_since if previous is not None else None,
+            recovering_since=previous.recovering_since if previous is not None else None,
+            uncertain_since=previous.uncertain_since if previous is not None else None,
+            failover=progress,
             last_failover=previous.last_failover if previous is not None else None,
             mailboxes=previous.mailboxes if previous is not None else None,
             fenced=fenced,
+            alarm=self.views.alarm(key),
         )
 
     # ------------------------------------------------------------- outputs
@@ -312,6 +348,13 @@ class ShardReconciler:
         """Patch the status subresource, only when it differs from what is stored."""
         new = _status_document(status)
         old = _status_document(previous) if previous is not None else {}
+        # The failover monitor owns these (failover.record); this writer only chooses a new pair's first master.
+        first_master = "master" not in old
+        for owned in RECORD_FIELDS:
+            if owned == "master" and first_master:
+                continue
+            new.pop(owned, None)
+            old.pop(owned, None)
         if new == old:
             return
         # Fields we no longer report are removed (merge patch null), not left stale.
@@ -332,6 +375,7 @@ class ShardReconciler:
         meta = body["metadata"]
         namespace = meta["namespace"]
         self.forget(namespace, meta["name"])
+        self.views.forget((namespace, meta["name"]))
         self.metrics.shards.forget(namespace, meta["name"])
         members = member_names(meta["name"])
         policies = set()

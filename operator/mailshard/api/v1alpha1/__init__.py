@@ -36,8 +36,11 @@ from mailshard.api.v1alpha1.settings import (
     StorageSettings,
 )
 from mailshard.api.v1alpha1.shard import (
+    STEP_ORDER,
     ClusterRef,
+    FailoverProgressStatus,
     FailoverRecord,
+    FailoverStep,
     MailShard,
     MailShardSpec,
     MailShardStatus,
@@ -49,10 +52,12 @@ from mailshard.api.v1alpha1.shard import (
     ShardConditionType,
     ShardPhase,
     member_names,
+    step_index,
 )
 
 __all__ = [
     "API_VERSION",
+    "STEP_ORDER",
     "VERSION",
     "Backend",
     "CapacityOverrides",
@@ -63,8 +68,10 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "FailoverOverrides",
+    "FailoverProgressStatus",
     "FailoverRecord",
     "FailoverSettings",
+    "FailoverStep",
     "MailCluster",
     "MailClusterSpec",
     "MailClusterStatus",
@@ -92,4 +99,5 @@ __all__ = [
     "StorageSettings",
     "TlsSpec",
     "member_names",
+    "step_index",
 ]

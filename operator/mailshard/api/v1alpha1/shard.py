@@ -219,6 +219,63 @@ class FailoverRecord(StatusModel):
     )
 
 
+class FailoverStep(enum.StrEnum):
+    """One step of a failover or planned switchover, in the order they run (see `mailshard.failover.steps`)."""
+
+    FENCE_ROUTING = "FenceRouting"
+    """Point the routing layer (the master Service and the proxies) at no member at all."""
+    DRAIN = "Drain"
+    """Wait until the target holds everything the old master accepted (only while the old master is up)."""
+    FENCE_OLD_MASTER = "FenceOldMaster"
+    """Tell the old master's agent to fence it (skipped, with routing already fenced, when it cannot be reached)."""
+    PROMOTE = "Promote"
+    """Tell the target's agent to become master."""
+    RAISE_UIDNEXT = "RaiseUidNext"
+    """Raise every mailbox's UIDNEXT on the new master above any UID the old master may have assigned."""
+    REPOINT_ROUTING = "RepointRouting"
+    """Point the routing layer at the new master."""
+    REJOIN_OLD_MASTER = "RejoinOldMaster"
+    """Demote and unfence the old master so it replicates from the new one (skipped when it is not up)."""
+    RECORD = "Record"
+    """Write the new master and the failover record into the status; the failover is over."""
+
+
+STEP_ORDER: Final[tuple[FailoverStep, ...]] = tuple(FailoverStep)
+
+
+def step_index(step: FailoverStep | None) -> int:
+    """Position of a completed step; -1 for "nothing completed yet", so comparisons read naturally."""
+    return -1 if step is None else STEP_ORDER.index(step)
+
+
+class FailoverProgressStatus(StatusModel):
+    """A failover or switchover under way, recorded after each step so that a restarted operator resumes it."""
+
+    from_member: str = Field(alias="from", description="The master being replaced.")
+    to_member: str = Field(alias="to", description="The member being promoted (also `targetMaster`).")
+    planned: bool = Field(default=False, description="A switchover a human asked for, rather than a failover.")
+    started: datetime = Field(description="When the failover or switchover began.")
+    reason: str = Field(description="Why it began.")
+    completed_step: FailoverStep | None = Field(
+        default=None,
+        description="The last step done: FenceRouting, Drain, FenceOldMaster, Promote, RaiseUidNext, "
+        "RepointRouting, RejoinOldMaster or Record. Unset right after the start.",
+    )
+    completed_at: datetime = Field(description="When that step was recorded (the start time while none is).")
+    messages_at_risk: int | None = Field(
+        default=None, ge=0, description="Messages the old master had reported that the target lacked, when known."
+    )
+
+    @property
+    def routed_member(self) -> str | None:
+        """Where routing points while this runs: the old master, nobody once fenced, then the target."""
+        if self.completed_step is None:
+            return self.from_member
+        if step_index(self.completed_step) >= step_index(FailoverStep.REPOINT_ROUTING):
+            return self.to_member
+        return None
+
+
 class MailShardStatus(StatusModel):
     """The observed state of a shard, written only by the operator."""
 
@@ -252,6 +309,25 @@ class MailShardStatus(StatusModel):
         default=None,
         description="When the operator first saw the current master unavailable; cleared when it recovers.",
     )
+    recovering_since: datetime | None = Field(
+        default=None,
+        description="While failingSince is set: when the master was seen back. It is forgiven once it has "
+        "stayed up for failover.delaySeconds.",
+    )
+    uncertain_since: datetime | None = Field(
+        default=None,
+        description="Since when the operator cannot tell whether the master is alive (nobody is promoted then).",
+    )
+    failover: FailoverProgressStatus | None = Field(
+        default=None, description="The failover or switchover under way, step by step; unset when none is."
+    )
+
+    @property
+    def routed_member(self) -> str | None:
+        """The one member the routing layer may send users to now, or None while a failover has fenced it."""
+        if self.failover is not None:
+            return self.failover.routed_member
+        return self.master
 
     def condition(self, condition_type: str) -> Condition | None:
         """The condition of that type, if the status has one."""

@@ -1,0 +1,232 @@
+"""Automatic failover and planned switchover, by the running operator, against real agents and real Dovecot.
+
+The control plane is real and the pods are KWOK's; in each pod's place runs
+the agent the image runs, with real Dovecot, bound to the pod's (loopback) IP
+and configured from the shard's own ConfigMap and Secret
+(`mailshard_harness.local_agents`). The operator finds and polls the agents
+exactly as in a cluster: at `<pod IP>:8080`, with the token from the Secret.
+
+A killed master's pod still looks Ready to Kubernetes here (KWOK does not
+know the process died), which is the hard case on purpose: detection must
+come from the agents' heartbeats, never from pod or node status.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from operator_support import REPO, OperatorProcess, eventually, kubectl
+
+from mailshard.api.routing import TABLE_KEY, ShardState, parse_table
+from mailshard_harness import local_agents
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
+
+GROUP, VERSION = "mailshard.io", "v1alpha1"
+SHARD = "dovecot-1"
+A, B = f"{SHARD}-a", f"{SHARD}-b"
+USERS = {f"user{n}@example.test": f"pw-{n}" for n in range(1, 6)}
+
+
+@pytest.fixture
+def mail_available() -> None:
+    missing = [tool for tool in ("dovecot", "doveadm") if shutil.which(tool) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{', '.join(missing)} missing: CI must run .ci/install-mail-deps first")
+        pytest.skip(f"{', '.join(missing)} not installed (run .ci/install-mail-deps)")
+
+
+def shard(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    body: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "mailshards", SHARD
+    )
+    return body
+
+
+def status(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    return shard(api, namespace).get("status") or {}
+
+
+def condition(api: client.ApiClient, namespace: str, kind: str) -> dict[str, Any]:
+    return next((c for c in status(api, namespace).get("conditions", []) if c["type"] == kind), {})
+
+
+def route(api: client.ApiClient, namespace: str) -> Any:
+    config_map = client.CoreV1Api(api).read_namespaced_config_map("demo-routing", namespace)
+    return parse_table((config_map.data or {})[TABLE_KEY]).shards[SHARD]
+
+
+def events(api: client.ApiClient, namespace: str) -> list[str]:
+    return [
+        f"{e.type}/{e.reason}"
+        for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
+        if e.involved_object.name == SHARD
+    ]
+
+
+def apply_shard(kubeconfig: Path, namespace: str, *, failover_enabled: bool = True) -> None:
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(REPO / "examples" / "mailcluster.yaml"))
+    manifest = (REPO / "examples" / "mailshard-dovecot.yaml").read_text()
+    if not failover_enabled:
+        manifest += "  failover:\n    enabled: false\n"
+    path = Path(tempfile.mkdtemp()) / "shard.yaml"
+    path.write_text(manifest)
+    kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(path))
+
+
+@pytest.fixture
+def pair(
+    mail_available: None, api_client: client.ApiClient, kubeconfig: Path, namespace: str, request: pytest.FixtureRequest
+) -> Iterator[local_agents.LocalPair]:
+    """The example Dovecot shard with real agents in its pods' places, replicating, in sync."""
+    enabled = getattr(request, "param", True)
+    apply_shard(kubeconfig, namespace, failover_enabled=enabled)
+    local_agents.wait_for_ips(api_client, namespace, (A, B))
+    eventually(lambda: status(api_client, namespace).get("master"), what="a first master")
+    root = Path(tempfile.mkdtemp(prefix="ms-f-"))
+    started = local_agents.prepare_pair(api_client, namespace, SHARD, root, master=A, users=USERS)
+    for member in started.members.values():
+        member.start()
+    try:
+        eventually(
+            lambda: (
+                {m["name"]: m["role"] for m in status(api_client, namespace).get("members", [])}
+                == {A: "master", B: "replica"}
+            ),
+            what="both agents polled and reporting their roles",
+        )
+        eventually(
+            lambda: condition(api_client, namespace, "Replicating").get("status") == "True",
+            what="the replica in sync",
+        )
+        yield started
+    finally:
+        started.stop()
+        for member in started.members.values():
+            request.node.add_report_section("teardown", f"agent {member.name} log", member.log_tail())
+        local_agents.remove(root)
+
+
+def test_a_killed_master_is_replaced_and_comes_back_as_replica(
+    api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair
+) -> None:
+    assert route(api_client, namespace).master == A
+    killed = time.monotonic()
+    pair.members[A].kill()
+
+    done = eventually(lambda: status(api_client, namespace).get("lastFailover"), timeout=30, what="a recorded failover")
+    elapsed = time.monotonic() - killed
+    print(f"master killed -> failover recorded: {elapsed:.1f}s")
+    assert (done["from"], done["to"]) == (A, B)
+    assert done["durationSeconds"] < 15
+    current = status(api_client, namespace)
+    assert current["master"] == B
+    assert "failover" not in current
+    assert "targetMaster" not in current
+    row = eventually(
+        lambda: (r := route(api_client, namespace)).master == B and r.state is ShardState.SERVING and r,
+        timeout=10,
+        what="routing repointed at the new master",
+    )
+    assert row.master_host.startswith(f"{B}-0.")
+    labels = {
+        p.metadata.name: p.metadata.labels.get("mailshard.io/role")
+        for p in client.CoreV1Api(api_client).list_namespaced_pod(namespace).items
+    }
+    assert labels[f"{B}-0"] == "master"
+    assert labels[f"{A}-0"] == "replica"
+    seen = events(api_client, namespace)
+    assert "Warning/MasterDown" in seen
+    assert "Warning/StartFailover" in seen
+    assert "Normal/FailoverCompleted" in seen
+
+    # The old master returns with its role file still saying master: it must end up a replica of B.
+    pair.members[A].start()
+    eventually(
+        lambda: (
+            {m["name"]: m["role"] for m in status(api_client, namespace).get("members", [])}
+            == {A: "replica", B: "master"}
+        ),
+        timeout=60,
+        what="the old master rejoined as replica",
+    )
+    assert route(api_client, namespace).master == B
+    assert status(api_client, namespace)["master"] == B
+
+
+@pytest.mark.parametrize("pair", [False], indirect=True, ids=["failover-disabled"])
+def test_with_failover_disabled_it_reports_and_never_promotes(
+    api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair
+) -> None:
+    pair.members[A].kill()
+    stalled = eventually(
+        lambda: (c := condition(api_client, namespace, "Stalled")).get("status") == "True" and c,
+        timeout=20,
+        what="a Stalled condition",
+    )
+    assert "failover is disabled" in stalled["message"]
+    time.sleep(3)
+    current = status(api_client, namespace)
+    assert current["master"] == A
+    assert "failover" not in current
+    assert "lastFailover" not in current
+    assert "Warning/MasterDown" in events(api_client, namespace)
+
+
+def test_a_planned_switchover_moves_the_master_and_a_bad_request_is_refused(
+    api_client: client.ApiClient, kubeconfig: Path, namespace: str, pair: local_agents.LocalPair
+) -> None:
+    annotation = "mailshard.io/switchover-to"
+    kubectl(kubeconfig, "annotate", "-n", namespace, "mailshard", SHARD, f"{annotation}=nobody-x")
+    eventually(
+        lambda: annotation not in (shard(api_client, namespace)["metadata"].get("annotations") or {}),
+        timeout=15,
+        what="the bad request answered and removed",
+    )
+    assert "Warning/RejectSwitchover" in events(api_client, namespace)
+    assert status(api_client, namespace)["master"] == A
+
+    kubectl(kubeconfig, "annotate", "-n", namespace, "mailshard", SHARD, f"{annotation}={B}")
+    done = eventually(
+        lambda: status(api_client, namespace).get("lastFailover"), timeout=60, what="the switchover recorded"
+    )
+    assert (done["from"], done["to"]) == (A, B)
+    assert status(api_client, namespace)["master"] == B
+    assert annotation not in (shard(api_client, namespace)["metadata"].get("annotations") or {})
+    assert "Normal/SwitchoverCompleted" in events(api_client, namespace)
+    eventually(
+        lambda: (
+            {m["name"]: m["role"] for m in status(api_client, namespace).get("members", [])}
+            == {A: "replica", B: "master"}
+        ),
+        timeout=30,
+        what="the old master demoted to replica",
+    )
+    assert route(api_client, namespace).master == B
+
+
+def test_the_operator_killed_mid_failover_resumes_it(
+    api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair, operator: OperatorProcess
+) -> None:
+    pair.members[A].kill()
+    eventually(lambda: status(api_client, namespace).get("failover"), timeout=30, what="a failover under way")
+    operator.kill()
+    try:
+        time.sleep(1)
+    finally:
+        operator.start()
+    done = eventually(
+        lambda: status(api_client, namespace).get("lastFailover"), timeout=60, what="the failover resumed and done"
+    )
+    assert (done["from"], done["to"]) == (A, B)
+    assert status(api_client, namespace)["master"] == B
+    assert route(api_client, namespace).master == B
