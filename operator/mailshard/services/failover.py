@@ -35,13 +35,14 @@ from typing import Any, Protocol
 import pydantic
 
 from mailshard.api.constants import AGENT_TOKEN_KEY, LABEL_SHARD
-from mailshard.api.v1alpha1 import MailShard, MemberRole, member_names
+from mailshard.api.v1alpha1 import ConditionStatus, MailShard, MemberRole, ShardConditionType, member_names
 from mailshard.builders import Problem
 from mailshard.builders.names import pod_name
 from mailshard.failover import (
     SWITCHOVER_ANNOTATION,
     Action,
     Decision,
+    Diagnosis,
     FailoverStep,
     LagSample,
     MemberFacts,
@@ -129,6 +130,8 @@ class _Reach:
 
 @dataclass
 class _MemberMemory:
+    polls: int = 0
+    """Polls made since this operator started (a restart forgets every heartbeat)."""
     last_heartbeat: datetime | None = None
     failed_polls: int = 0
     answer: AgentAnswer | None = None
@@ -208,6 +211,7 @@ class FailoverMonitor:
         memory = self._shards.get(key)
         if memory is None:
             memory = self._shards[key] = _ShardMemory(record=stored)
+            memory.alarm, memory.alarmed = _stored_alarm(shard)
         elif stored not in memory.replaced:
             # The watch has caught up with our writes, or someone else changed the status: it is the truth.
             memory.record, memory.replaced = stored, []
@@ -219,6 +223,10 @@ class FailoverMonitor:
         await asyncio.gather(
             *(self._poll(memory, member, pod, settings.agent_port) for member, pod in member_pods.items())
         )
+        if not _established(shard) or (not self._warmed_up(memory, settings) and memory.record.failover is None):
+            # Right after a (re)start the monitor has no history of its own; absence of it is not a symptom.
+            self._publish_views(key, memory)
+            return settings.policy.poll_interval_seconds
         now = self.clock()
         facts = ShardFacts(
             members=(
@@ -232,7 +240,7 @@ class FailoverMonitor:
         )
         decision = decide(facts)
         done = await self._carry_out(body, memory, member_pods, settings, decision)
-        views_changed = self._publish_views(key, memory, decision)
+        views_changed = self._publish_views(key, memory)
         if done and decision.record != memory.record:
             await asyncio.to_thread(self._store, body, memory, decision.record)
             await asyncio.to_thread(self.after_record, namespace, name, settings.cluster)
@@ -247,6 +255,7 @@ class FailoverMonitor:
 
     async def _poll(self, memory: _ShardMemory, member: str, pod: PodView | None, port: int) -> None:
         state = memory.members.setdefault(member, _MemberMemory())
+        state.polls += 1
         if pod is None or pod.deleting or pod.ip is None or memory.token is None:
             state.failed_polls += 1
             state.last_error = "no pod IP to poll" if memory.token is not None else "no agent token in the Secret"
@@ -330,6 +339,8 @@ class FailoverMonitor:
                 memory.alarm = Problem(reason=decision.diagnosis.value, message=decision.reason)
                 self.events.record(body, "Warning", decision.diagnosis.value, decision.reason)
             return
+        if action is Action.WAIT and memory.alarm is not None and memory.alarm.reason == decision.diagnosis.value:
+            return  # still the same trouble, merely not worth a new alarm this tick
         memory.alarmed, memory.alarm = None, None
         if action in (Action.START_FAILOVER, Action.DRAIN_THEN_SWITCH, Action.ABORT_FAILOVER):
             self.events.record(
@@ -362,7 +373,14 @@ class FailoverMonitor:
         memory.replaced.append(memory.record)
         memory.record = record
 
-    def _publish_views(self, key: ShardKey, memory: _ShardMemory, decision: Decision) -> bool:
+    @staticmethod
+    def _warmed_up(memory: _ShardMemory, settings: ShardSettings) -> bool:
+        """Whether each member has answered, or been polled often enough for its silence to mean something."""
+        return all(
+            state.answer is not None or state.polls >= settings.policy.missed_polls for state in memory.members.values()
+        )
+
+    def _publish_views(self, key: ShardKey, memory: _ShardMemory) -> bool:
         views = {}
         for member, state in memory.members.items():
             answer = state.answer
@@ -373,6 +391,27 @@ class FailoverMonitor:
             lag = float(round(state.lag.seconds)) if state.lag is not None and role is MemberRole.REPLICA else None
             views[member] = MemberView(role=role, lag_seconds=lag, last_sync_time=_second(answer.last_sync))
         return self.views.publish(key, views, memory.alarm)
+
+
+def _established(shard: MailShard) -> bool:
+    """Whether the pair has been ready once: before that, members missing is the pair being built, not a failure."""
+    ready = shard.status.condition(ShardConditionType.READY)
+    return ready is not None and (ready.status is ConditionStatus.TRUE or ready.reason not in _BEING_BUILT)
+
+
+_BEING_BUILT = frozenset({"Pending", "Provisioning"})
+
+
+def _stored_alarm(shard: MailShard) -> tuple[Problem | None, tuple[str, str] | None]:
+    """The alarm the status already shows (a Stalled condition of ours), so a restart neither repeats nor rewords it."""
+    stalled = shard.status.condition(ShardConditionType.STALLED)
+    if stalled is None or stalled.status is not ConditionStatus.TRUE or stalled.reason not in _DIAGNOSES:
+        return None, None
+    reason = stalled.reason or ""
+    return Problem(reason=reason, message=stalled.message or ""), (reason, Action.RAISE_ALARM.value)
+
+
+_DIAGNOSES = frozenset(diagnosis.value for diagnosis in Diagnosis)
 
 
 def _remove_switchover_request(api: KubeApi, meta: Mapping[str, Any]) -> None:
