@@ -78,13 +78,8 @@ class Doveadm:
     async def raise_uidnext(self, user: str, floors: dict[str, int]) -> None:
         """Make each of the user's mailboxes hand out UIDs from at least its floor on (never lowers one).
 
-        One doveadm process per user, with `batch` running one `mailbox update`
-        per mailbox, so a user with many folders costs one process.
+        One `mailbox update` per mailbox: `doveadm batch` does not parse the
+        command's long options in 2.3.19, so it cannot carry `--min-next-uid`.
         """
-        commands: list[str] = []
         for mailbox, floor in sorted(floors.items()):
-            if commands:
-                commands.append(":")
-            commands += ["mailbox", "update", "--min-next-uid", str(floor), mailbox]
-        if commands:
-            await self.run("batch", "-u", user, ":", *commands, json_output=False)
+            await self.run("mailbox", "update", "-u", user, "--min-next-uid", str(floor), mailbox, json_output=False)

@@ -351,6 +351,7 @@ class Agent:
                 return 409, {"error": f"only a running master raises UIDNEXT (this member is {self.mode.value})"}
             if self.backend is Backend.CYRUS:
                 return 501, {"error": "raising UIDNEXT is not implemented for Cyrus", "raised": 0}
+            await self._observe()  # the mailboxes as they are now, not as of the last poll
             existing = {f"{state.user}/{state.mailbox}" for state in self.mailboxes}
             per_user: dict[str, dict[str, int]] = {}
             for key, floor in floors.items():
