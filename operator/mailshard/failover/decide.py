@@ -50,7 +50,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
-from mailshard.api.v1alpha1 import FailoverRecord, MemberRole
+from mailshard.api.v1alpha1 import FailoverRecord, MemberRole, routed_during_failover
 from mailshard.failover.diagnose import Diagnosis, Finding, diagnose, fresh_report, lag_bound
 from mailshard.failover.liveness import Liveness
 from mailshard.failover.observations import FailoverProgress, MemberFacts, RecordedState, ShardFacts
@@ -460,15 +460,11 @@ def _caught_up(member: MemberFacts, since: datetime) -> bool:
 
 
 def _route_to(record: RecordedState) -> str | None:
-    """Where routing points given a record: the master, nobody while a failover has fenced it, then the target."""
+    """Where routing points given a record: the master, or during a failover `routed_during_failover`."""
     progress = record.failover
     if progress is None:
         return record.master
-    if progress.completed is None:
-        return progress.source
-    if has_completed(progress.completed, FailoverStep.REPOINT_ROUTING):
-        return progress.target
-    return None
+    return routed_during_failover(progress.source, progress.target, progress.completed)
 
 
 def _recheck(facts: ShardFacts, record: RecordedState) -> float:

@@ -52,6 +52,7 @@ from mailshard.api.v1alpha1.shard import (
     ShardConditionType,
     ShardPhase,
     member_names,
+    routed_during_failover,
     step_index,
 )
 
@@ -99,5 +100,6 @@ __all__ = [
     "StorageSettings",
     "TlsSpec",
     "member_names",
+    "routed_during_failover",
     "step_index",
 ]

@@ -248,6 +248,15 @@ def step_index(step: FailoverStep | None) -> int:
     return -1 if step is None else STEP_ORDER.index(step)
 
 
+def routed_during_failover(source: str, target: str, completed: FailoverStep | None) -> str | None:
+    """Where routing points while a failover runs: the old master, nobody once fenced, then the target."""
+    if completed is None:
+        return source
+    if step_index(completed) >= step_index(FailoverStep.REPOINT_ROUTING):
+        return target
+    return None
+
+
 class FailoverProgressStatus(StatusModel):
     """A failover or switchover under way, recorded after each step so that a restarted operator resumes it."""
 
@@ -268,12 +277,8 @@ class FailoverProgressStatus(StatusModel):
 
     @property
     def routed_member(self) -> str | None:
-        """Where routing points while this runs: the old master, nobody once fenced, then the target."""
-        if self.completed_step is None:
-            return self.from_member
-        if step_index(self.completed_step) >= step_index(FailoverStep.REPOINT_ROUTING):
-            return self.to_member
-        return None
+        """Where routing points while this runs (`routed_during_failover`)."""
+        return routed_during_failover(self.from_member, self.to_member, self.completed_step)
 
 
 class MailShardStatus(StatusModel):
