@@ -108,7 +108,7 @@ def _names(members: Sequence[MemberObservation]) -> str:
     return " and ".join(m.name for m in members)
 
 
-def _was_established(previous: MailShardStatus | None) -> bool:
+def was_established(previous: MailShardStatus | None) -> bool:
     """Whether the pair had been fully ready at some point (see the module docstring)."""
     if previous is None:
         return False
@@ -183,7 +183,7 @@ def compute_shard_status(
 ) -> MailShardStatus:
     """The status to write for `observation`, given the status currently stored (`previous`)."""
     _check_members(observation)
-    data = _data_plane(observation, established=_was_established(previous))
+    data = _data_plane(observation, established=was_established(previous))
     stall = observation.failure or observation.fenced or observation.alarm
     phase = ShardPhase.FAILED if observation.failure is not None else data.phase
     replicating, replicating_reason, replicating_message, replica = _replicating(observation)

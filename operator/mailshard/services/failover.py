@@ -38,6 +38,7 @@ from mailshard.api.constants import AGENT_TOKEN_KEY, LABEL_SHARD
 from mailshard.api.v1alpha1 import ConditionStatus, MailShard, MemberRole, ShardConditionType, member_names
 from mailshard.builders import Problem
 from mailshard.builders.names import pod_name
+from mailshard.builders.status import was_established
 from mailshard.failover import (
     SWITCHOVER_ANNOTATION,
     Action,
@@ -223,7 +224,9 @@ class FailoverMonitor:
         await asyncio.gather(
             *(self._poll(memory, member, pod, settings.agent_port) for member, pod in member_pods.items())
         )
-        if not _established(shard) or (not self._warmed_up(memory, settings) and memory.record.failover is None):
+        if not was_established(shard.status) or (
+            not self._warmed_up(memory, settings) and memory.record.failover is None
+        ):
             # Right after a (re)start the monitor has no history of its own; absence of it is not a symptom.
             self._publish_views(key, memory)
             return settings.policy.poll_interval_seconds
@@ -391,15 +394,6 @@ class FailoverMonitor:
             lag = float(round(state.lag.seconds)) if state.lag is not None and role is MemberRole.REPLICA else None
             views[member] = MemberView(role=role, lag_seconds=lag, last_sync_time=_second(answer.last_sync))
         return self.views.publish(key, views, memory.alarm)
-
-
-def _established(shard: MailShard) -> bool:
-    """Whether the pair has been ready once: before that, members missing is the pair being built, not a failure."""
-    ready = shard.status.condition(ShardConditionType.READY)
-    return ready is not None and (ready.status is ConditionStatus.TRUE or ready.reason not in _BEING_BUILT)
-
-
-_BEING_BUILT = frozenset({"Pending", "Provisioning"})
 
 
 def _stored_alarm(shard: MailShard) -> tuple[Problem | None, tuple[str, str] | None]:
