@@ -57,7 +57,7 @@ from mailshard.failover.record import recorded_state, status_patch
 from mailshard.metrics import OperatorMetrics
 from mailshard.services.agents import AgentCallError, AgentClient
 from mailshard.services.events import EventRecorder
-from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.kube import KubeApi, Manifest, pod_ready
 from mailshard.services.member_views import MemberView, MemberViews, ShardKey, ShardSettings
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,10 @@ class PodView:
 def pod_view(body: Mapping[str, Any]) -> PodView:
     """Reduce a pod to a `PodView` (kopf's index keeps only this, not whole pods)."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
-    conditions = status.get("conditions") or []
     return PodView(
         name=meta.get("name", ""),
         ip=status.get("podIP") or None,
-        ready=any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
+        ready=pod_ready(body),
         deleting=bool(meta.get("deletionTimestamp")),
         node=(body.get("spec") or {}).get("nodeName"),
     )

@@ -200,3 +200,9 @@ class KubeApi:
                 return False
             raise
         return True
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """Whether the kubelet (or KWOK) reports the pod's Ready condition True."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

@@ -52,7 +52,7 @@ from mailshard.failover.record import RECORD_FIELDS
 from mailshard.metrics import OperatorMetrics, ShardFacts
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder, EventType
-from mailshard.services.kube import KubeApi, Manifest
+from mailshard.services.kube import KubeApi, Manifest, pod_ready
 from mailshard.services.measured import measured
 from mailshard.services.member_views import MemberViews, ShardSettings
 
@@ -289,7 +289,7 @@ class ShardReconciler:
                 MemberObservation(
                     name=member,
                     pod_exists=True,
-                    ready=_pod_ready(pod),
+                    ready=pod_ready(pod),
                     role=view.role if view is not None else assigned,
                     node=pod["spec"].get("nodeName"),
                     lag_seconds=view.lag_seconds if view is not None else None,
@@ -414,11 +414,6 @@ def _fence_request(body: Manifest) -> Problem | None:
 
 def _member_of(pod: Manifest, shard: ResolvedShard) -> str | None:
     return next((m for m in shard.members if pod["metadata"]["name"] == pod_name(m)), None)
-
-
-def _pod_ready(pod: Manifest) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _stored_status(body: Manifest) -> MailShardStatus | None:
