@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,13 +131,21 @@ class Member:
         except (OSError, ValueError):
             return None
 
+    def doveadm_json(self, *args: str) -> list[dict[str, str]]:
+        """Run doveadm against this member's own store, as the mail user, and parse its JSON output."""
+        argv = ["doveadm", "-c", str(self.data_dir / "conf" / "dovecot.conf"), "-f", "json", *args]
+        run_as = {"user": "vmail", "group": "vmail", "extra_groups": []} if os.geteuid() == 0 else {}
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True, **run_as)  # type: ignore[call-overload]
+        rows: list[dict[str, str]] = json.loads(done.stdout or "[]")
+        return rows
+
+    def message_ids(self, user: str) -> list[str]:
+        """The Message-ID of every message of the user, in every mailbox (duplicates kept)."""
+        return [row["hdr.message-id"] for row in self.doveadm_json("fetch", "-u", user, "hdr.message-id", "ALL")]
+
     def mailbox_counts(self) -> dict[tuple[str, str], tuple[int, int, int]]:
         """(UIDVALIDITY, UIDNEXT, MESSAGES) per (user, mailbox), straight from this member's doveadm."""
-        argv = ["doveadm", "-c", str(self.data_dir / "conf" / "dovecot.conf"), "-f", "json", "mailbox", "status"]
-        argv += ["-A", "uidvalidity uidnext messages", "*"]
-        run_as = {"user": "vmail", "group": "vmail", "extra_groups": []} if os.geteuid() == 0 else {}
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True, **run_as)  # type: ignore[call-overload]
-        rows = json.loads(done.stdout or "[]")
+        rows = self.doveadm_json("mailbox", "status", "-A", "uidvalidity uidnext messages", "*")
         return {
             (row["username"], row["mailbox"]): (int(row["uidvalidity"]), int(row["uidnext"]), int(row["messages"]))
             for row in rows
@@ -209,6 +217,20 @@ class Member:
         self.proc = None
         return code
 
+    def kill(self) -> None:
+        """SIGKILL the agent and the daemon at once, as a pod dies: nothing is stopped cleanly."""
+        daemon = self.daemon_pid()
+        for group in (self.proc.pid if self.proc is not None else None, daemon):
+            if group is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, signal.SIGKILL)
+        if self.proc is not None:
+            self.exit_codes.append(self.proc.wait())
+            self.proc = None
+        deadline = time.monotonic() + 5
+        while daemon is not None and pid_alive(daemon) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def log_tail(self, lines: int = 80) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -218,13 +240,13 @@ class Member:
     # -- HTTP ------------------------------------------------------------------------------------------------
 
     async def request(
-        self, method: str, path: str, *, token: str | None = TOKEN, expect: int | None = 200
+        self, method: str, path: str, *, token: str | None = TOKEN, expect: int | None = 200, body: Any = None
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         async with (
             aiohttp.ClientSession() as session,
             session.request(
-                method, self.url + path, headers=headers, timeout=aiohttp.ClientTimeout(total=60)
+                method, self.url + path, headers=headers, json=body, timeout=aiohttp.ClientTimeout(total=60)
             ) as response,
         ):
             body = await response.json(content_type=None) if response.content_type == "application/json" else None
@@ -400,7 +422,7 @@ class Proxy:
     def log_path(self) -> Path:
         return self.root / "proxy.log"
 
-    def doveadm(self, args: list[str] | tuple[str, ...]) -> str:
+    def doveadm(self, args: Sequence[str]) -> str:
         done = subprocess.run(
             ["doveadm", "-c", str(self.conf), *args], capture_output=True, text=True, timeout=30, check=False
         )

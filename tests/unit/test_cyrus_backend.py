@@ -50,7 +50,8 @@ def test_master_serves_clients_and_pushes_to_the_peer() -> None:
     assert "configdirectory: /d/state" in imapd
     assert "partition-default: /d/mail" in imapd
     assert 'imap cmd="/c/bin/imapd -C /d/conf/imapd.conf" listen="127.0.0.1:1143"' in cyrus
-    assert 'lmtp cmd="/c/bin/lmtpd -C /d/conf/imapd.conf -a" listen="127.0.0.1:1024"' in cyrus
+    assert 'lmtp cmd="/c/bin/lmtpd -C /d/conf/imapd.conf" listen="/d/state/socket/lmtp"' in cyrus
+    assert ":1024" not in cyrus  # the member's LMTP port belongs to the agent's journaling front
     assert 'syncclient cmd="/c/bin/sync_client -C /d/conf/imapd.conf -r"' in cyrus
     assert "syncserver" not in cyrus
 

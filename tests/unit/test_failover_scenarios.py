@@ -68,6 +68,7 @@ def test_a_dead_master_is_replaced_once_the_delay_has_passed_with_every_step_onc
         (FailoverStep.PROMOTE, B, None),
         (FailoverStep.RAISE_UIDNEXT, B, None),
         (FailoverStep.REPOINT_ROUTING, None, B),
+        (FailoverStep.REPLAY_JOURNAL, B, B),
         (FailoverStep.REJOIN_OLD_MASTER, None, B),
         (FailoverStep.RECORD, None, B),
     ]
@@ -290,6 +291,7 @@ SWITCHOVER = [
     (FailoverStep.PROMOTE, B),
     (FailoverStep.RAISE_UIDNEXT, B),
     (FailoverStep.REPOINT_ROUTING, None),
+    (FailoverStep.REPLAY_JOURNAL, B),
     (FailoverStep.REJOIN_OLD_MASTER, A),
     (FailoverStep.RECORD, None),
 ]
@@ -330,6 +332,7 @@ def test_an_old_master_that_comes_back_claiming_master_mid_failover_is_fenced_ag
         FailoverStep.PROMOTE,
         FailoverStep.RAISE_UIDNEXT,
         FailoverStep.REPOINT_ROUTING,
+        FailoverStep.REPLAY_JOURNAL,
         FailoverStep.REJOIN_OLD_MASTER,
         FailoverStep.RECORD,
         None,

@@ -283,6 +283,7 @@ STEP_CODES = {
     "PR": FailoverStep.PROMOTE,
     "RU": FailoverStep.RAISE_UIDNEXT,
     "RP": FailoverStep.REPOINT_ROUTING,
+    "JR": FailoverStep.REPLAY_JOURNAL,
     "RJ": FailoverStep.REJOIN_OLD_MASTER,
     "RC": FailoverStep.RECORD,
 }
@@ -353,7 +354,19 @@ IN_PROGRESS_GRIDS: dict[tuple[str, tuple[str, ...]], str] = {
         fenced  RP- RP- RP- RP- RP-
         silent  RP- RP- RP- RP- RP-
     """,
-    ("RepointRouting", _ALL_WAITS): """
+    ("RepointRouting", ("just", "soon")): """
+        gone    JRt JRt W   W   W
+        serving FOs FOs FOs FOs FOs
+        fenced  JRt JRt W   W   W
+        silent  JRt JRt W   W   W
+    """,
+    ("RepointRouting", ("long",)): """
+        gone    JRt JRt A   A   A
+        serving FOs FOs FOs FOs FOs
+        fenced  JRt JRt A   A   A
+        silent  JRt JRt A   A   A
+    """,
+    ("ReplayJournal", _ALL_WAITS): """
         gone    RJ- RJ- RJ- RJ- RJ-
         serving FOs FOs FOs FOs FOs
         fenced  RJs RJs RJs RJs RJs
@@ -423,7 +436,7 @@ IN_PROGRESS_ROWS = _in_progress_rows()
 def test_the_in_progress_table_is_the_whole_product() -> None:
     steps_recorded = len(FailoverStep)  # "none" and every step but RECORD, which ends the failover
     assert len(IN_PROGRESS) == steps_recorded * len(WAITS) * len(SOURCE_PROFILES) * len(TARGET_PROFILES)
-    assert len(IN_PROGRESS_ROWS) == 4 * len(IN_PROGRESS) == 1920
+    assert len(IN_PROGRESS_ROWS) == 4 * len(IN_PROGRESS) == 2160
 
 
 def _progress(completed: str, wait: float, *, planned: bool) -> FailoverProgress:

@@ -12,13 +12,18 @@ import asyncio
 from pathlib import Path
 
 from mailshard.agent.identity import RunAs
+from mailshard.agent.lmtp import JOURNAL_HEADER
 from mailshard.agent.observe import (
     MAILBOX_STATUS_FIELDS,
     MailboxState,
     ReplicatorUser,
+    parse_journal_ids,
     parse_mailbox_status,
     parse_replicator_status,
 )
+
+DSYNC_LOCK_SECONDS = 10.0
+"""How long a re-seed of one user waits for dsync's lock of that user."""
 
 
 class DoveadmError(RuntimeError):
@@ -32,7 +37,7 @@ class Doveadm:
         self.run_as = run_as
         self.timeout = timeout
 
-    async def run(self, *args: str, json_output: bool = True) -> str:
+    async def run(self, *args: str, json_output: bool = True, within: float | None = None) -> str:
         argv = [self.binary, "-c", str(self.conf)]
         if json_output:
             argv += ["-f", "json"]
@@ -48,11 +53,11 @@ class Doveadm:
         except FileNotFoundError:
             raise DoveadmError(f"doveadm binary {self.binary!r} not found") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+            out, err = await asyncio.wait_for(proc.communicate(), within or self.timeout)
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise DoveadmError(f"doveadm {' '.join(args)} timed out after {self.timeout:.0f}s") from None
+            raise DoveadmError(f"doveadm {' '.join(args)} timed out after {within or self.timeout:.0f}s") from None
         if proc.returncode != 0:
             message = err.decode(errors="replace").strip().splitlines()
             raise DoveadmError(
@@ -83,3 +88,22 @@ class Doveadm:
         """
         for mailbox, floor in sorted(floors.items()):
             await self.run("mailbox", "update", "-u", user, "--min-next-uid", str(floor), mailbox, json_output=False)
+
+    async def journal_ids(self, user: str, saved_within_seconds: int) -> set[str]:
+        """The journal ids (``X-Mailshard-Journal``) of the user's messages saved in the last N seconds."""
+        field = "hdr." + JOURNAL_HEADER.lower()
+        text = await self.run("fetch", "-u", user, field, "SAVEDSINCE", f"{max(1, saved_within_seconds)}secs")
+        return parse_journal_ids(text, field)
+
+    async def users(self) -> list[str]:
+        """Every user of the userdb (iterated, as the replicator does)."""
+        text = await self.run("user", "*", json_output=False)
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    async def pull_user(self, user: str, peer: str, *, within: float) -> None:
+        """Make this store's copy of one user identical to the peer's (``doveadm backup -R``): a re-seed.
+
+        ``-l`` takes dsync's per-user lock, so a replicator sync of the same user waits instead of interleaving.
+        """
+        args = ("backup", "-R", "-l", str(int(DSYNC_LOCK_SECONDS)), "-u", user, f"tcp:{peer}")
+        await self.run(*args, json_output=False, within=within)

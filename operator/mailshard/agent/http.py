@@ -12,6 +12,13 @@ bearer token and call the ``Agent``.
   status, 409 when the change is refused, 401 without a valid token.
 - ``POST /uidnext`` with ``{"floors": {"user/mailbox": n}}``: bearer token;
   a master raises each mailbox's UIDNEXT to at least ``n`` (a failover step).
+- ``POST /journal``: bearer token; the master's LMTP front stores one delivery
+  in the replica's journal (the message as body, its entry as JSON in the
+  ``X-Mailshard-Journal-Entry`` header); 409 unless this member is a replica.
+- ``POST /replay``: bearer token; a new master delivers the journal entries
+  its store lacks (a failover step); 501 on Cyrus.
+- ``POST /reseed``: bearer token; a demoted, fenced member makes its store
+  equal to the master's, then rejoins as replica (a failover step).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from mailshard.agent.decide import Action
+from mailshard.agent.journal import MAX_MESSAGE_BYTES
 from mailshard.agent.metrics import CONTENT_TYPE
 from mailshard.agent.service import Agent
 
@@ -88,8 +96,29 @@ async def raise_uidnext(request: web.Request) -> web.StreamResponse:
     return web.json_response(answer, status=code)
 
 
+@_require_token
+async def journal(request: web.Request) -> web.StreamResponse:
+    meta = request.headers.get("X-Mailshard-Journal-Entry")
+    if meta is None:
+        return web.json_response({"error": "the X-Mailshard-Journal-Entry header is missing"}, status=400)
+    code, answer = await request.app[AGENT_KEY].receive_journal(meta, await request.read())
+    return web.json_response(answer, status=code)
+
+
+@_require_token
+async def replay(request: web.Request) -> web.StreamResponse:
+    code, answer = await request.app[AGENT_KEY].replay()
+    return web.json_response(answer, status=code)
+
+
+@_require_token
+async def reseed(request: web.Request) -> web.StreamResponse:
+    code, answer = await request.app[AGENT_KEY].reseed()
+    return web.json_response(answer, status=code)
+
+
 def build_app(agent: Agent) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES + 1024 * 1024)
     app[AGENT_KEY] = agent
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -97,4 +126,7 @@ def build_app(agent: Agent) -> web.Application:
     for action in Action:
         app.router.add_post(f"/{action.value}", _action_handler(action))
     app.router.add_post("/uidnext", raise_uidnext)
+    app.router.add_post("/journal", journal)
+    app.router.add_post("/replay", replay)
+    app.router.add_post("/reseed", reseed)
     return app

@@ -47,6 +47,24 @@ class AgentMetrics:
         self.restarts = Counter(
             "mailshard_daemon_restarts", "Times the daemon was restarted after it died.", names, registry=self.registry
         ).labels(**labels)
+        self.journal_entries = Gauge(
+            "mailshard_journal_entries",
+            "Deliveries held in this member's journal until it is known to hold them (replica side).",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.journaled = Counter(
+            "mailshard_deliveries_journaled",
+            "Deliveries this master's LMTP front wrote to the replica's journal before acknowledging them.",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.unjournaled = Counter(
+            "mailshard_deliveries_unjournaled",
+            "Deliveries acknowledged without a journal copy on the replica (it was unreachable): at risk.",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
         self.lag.set(math.nan)
 
     def set_mode(self, mode: ServingMode) -> None:

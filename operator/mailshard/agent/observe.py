@@ -128,6 +128,18 @@ def parse_mailbox_status(text: str) -> tuple[MailboxState, ...]:
     return tuple(sorted(states, key=lambda state: state.key))
 
 
+def parse_journal_ids(text: str, field: str) -> set[str]:
+    """Parse ``doveadm -f json fetch -u <user> hdr.<journal header> ...``: the non-empty header values."""
+    found = set()
+    for row in _load_json_list(text, "fetch"):
+        value = row.get(field)
+        if not isinstance(value, str):
+            raise ParseError(f"fetch: row without {field}: {row!r}")
+        if value.strip():
+            found.add(value.strip())
+    return found
+
+
 def parse_age(text: str) -> int | None:
     """Parse a doveadm "time since" value (``H:MM:SS``, hours unbounded; ``-`` for none)."""
     text = text.strip()

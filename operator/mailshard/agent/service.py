@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,8 +43,11 @@ from mailshard.agent.decide import (
     replication_state,
 )
 from mailshard.agent.doveadm import Doveadm, DoveadmError
+from mailshard.agent.front import JournalingFront
 from mailshard.agent.identity import RunAs
+from mailshard.agent.journal import DeliveryJournal, JournalEntry, prunable, users_caught_up
 from mailshard.agent.lag import LagReading, LagTracker
+from mailshard.agent.lmtp import LmtpClient, LmtpError
 from mailshard.agent.metrics import AgentMetrics
 from mailshard.agent.observe import MailboxKey, MailboxState, ParseError, ReplicatorUser, summary_index
 from mailshard.agent.peer import PeerAgent, PeerAgentError, Probe, ProbeResult, probe_doveadm
@@ -53,6 +58,7 @@ from mailshard.backends import (
     InstancePaths,
     MemberRuntimeConfig,
     ReplicationStrategy,
+    Role,
     ServingMode,
     render_dovecot,
 )
@@ -65,7 +71,9 @@ from mailshard.backends.cyrus import (
     render_cyrus,
     sasl_users,
 )
+from mailshard.backends.cyrus import LMTP_SOCKET as CYRUS_LMTP_SOCKET
 from mailshard.backends.dovecot import CONF_FILE
+from mailshard.backends.dovecot import LMTP_SOCKET as DOVECOT_LMTP_SOCKET
 
 log = logging.getLogger("mailshard.agent")
 
@@ -77,6 +85,16 @@ LAG_DEFINITION = (
     "(UIDNEXT per mailbox, plus message and unseen counts); a lower bound, resolution = poll interval"
 )
 """Probe the peer's doveadm server every this many polls."""
+STARTUP_PEER_TRIES = 3
+"""A member recorded as master asks its peer this many times (1 s apart) whether it was superseded."""
+JOURNAL_TIMEOUT = 5.0
+"""Seconds the front waits for the replica to store a journal entry before acknowledging without one."""
+RESEED_PARALLEL = 4
+RESEED_ATTEMPTS = 3
+RESEED_ATTEMPT_SECONDS = 15.0
+"""One user's re-seed attempt; a returning old master only pulls its difference, which takes well under a second."""
+REPLAY_MARGIN_SECONDS = 3600
+"""The replay looks for journal ids among messages saved this long before the oldest entry, and since."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +160,14 @@ class Agent:
         """Cyrus: every user's INBOX exists on this master (see ``create_inboxes``). Reset by every role change."""
         self.provision_error: str | None = None
         self.tracker = LagTracker()
+        self.journal = DeliveryJournal(data / "journal")
+        self.front: JournalingFront | None = None
+        self.front_error: str | None = None
+        self.replay_error: str | None = None
+        self.mailboxes_from: float | None = None
+        """When the current mailbox observation started (this member's clock)."""
+        self.peer_observed_from: float | None = None
+        """When the peer's last reported mailbox observation started (the peer's clock)."""
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
@@ -174,12 +200,15 @@ class Agent:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
         self._load()
+        self.journal.load()
         if self.config is not None:
             self.metrics = AgentMetrics(self.config.shard, self.config.member)
             self._use_backend(self.config.backend)
+            await self._fence_if_superseded()
             self._write_config()
             await self._write_users()
             self.supervisor.start()
+            await self._sync_front()
         else:
             self.metrics = AgentMetrics("unknown", "unknown")
         self._poller = asyncio.create_task(self._poll_loop(), name="agent-poller")
@@ -190,9 +219,35 @@ class Agent:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self.front is not None:
+            await self.front.stop()
         await self.supervisor.stop()
         if self._session is not None:
             await self._session.close()
+
+    async def _fence_if_superseded(self) -> None:
+        """A member that was master when it died must not come back as one while its peer serves as master.
+
+        Its role file still says master, but a failover may have promoted the
+        peer meanwhile. Starting as master would run its replicator at once, and
+        dsync would push the messages it accepted but never replicated into the
+        new master, beside their journal replays. So it asks the peer first and
+        fences itself when the peer is master; the operator then demotes and
+        re-seeds it. When the peer cannot be asked (a cold start of the whole
+        pair), it starts as recorded: the operator's routing fence and split-brain
+        repair cover that case.
+        """
+        if self.member.mode is not ServingMode.MASTER or self.config is None or self.config.peer is None:
+            return
+        for _ in range(STARTUP_PEER_TRIES):
+            await self._observe_peer()
+            if self.peer_error is None:
+                break
+            await asyncio.sleep(1.0)
+        if self.peer_error is None and self._peer_mode() is ServingMode.MASTER:
+            self.fence.set(f"fenced at start, {_iso(time.time())}: the peer serves as master")
+            self.member = MemberState(role=self.member.role, fenced=True)
+            log.warning("the peer %s serves as master: starting fenced, not as a second one", self.config.peer.name)
 
     def _use_backend(self, backend: Backend) -> None:
         """Point the supervisor at the backend's daemon. Chosen once, at start: a change needs a new agent."""
@@ -320,6 +375,8 @@ class Agent:
                 return 409, {"error": decision.reason, "status": self.status()}
             if decision.changes:
                 log.info("%s: %s -> %s", action, self.member, decision.target)
+                if decision.target.mode is not ServingMode.MASTER and self.front is not None:
+                    await self.front.stop()  # first: a fence cuts deliveries off before anything else
                 if decision.target.fenced and not self.member.fenced:
                     self.fence.set(f"fenced by the agent API at {_iso(time.time())}")
                 if decision.target.role is not None and decision.target.role is not self.member.role:
@@ -335,6 +392,7 @@ class Agent:
                 self.lag = None
                 await self.supervisor.restart()
                 await self._wait_up(within=20)
+                await self._sync_front()
                 await self._provision()
                 await self._observe()
             return 200, {"result": decision.reason, "changed": decision.changes, "status": self.status()}
@@ -376,6 +434,215 @@ class Agent:
                 return 500, {"error": "; ".join(failures[:5]), "raised": raised - len(failures)}
             log.info("raised UIDNEXT on %d mailbox(es) of %d user(s)", raised, len(per_user))
             return 200, {"raised": raised, "skipped": len(floors) - raised, "status": self.status()}
+
+    # -- the delivery journal (see journal.py and front.py) -------------------------------------------------------
+
+    def _daemon_lmtp(self) -> Path:
+        if self.backend is Backend.CYRUS:
+            return self.paths.state_dir / CYRUS_LMTP_SOCKET
+        return self.paths.base_dir / DOVECOT_LMTP_SOCKET
+
+    async def _sync_front(self) -> None:
+        """The LMTP front listens exactly while this member serves as master."""
+        config = self.config
+        if config is None or self.member.mode is not ServingMode.MASTER:
+            if self.front is not None:
+                await self.front.stop()
+            return
+        if self.front is None:
+            self.front = JournalingFront(self._daemon_lmtp(), config.member, self._journal_on_peer)
+        if not self.front.listening:
+            try:
+                await self.front.start(config.listen_address, config.ports.lmtp)
+            except OSError as exc:
+                self.front_error = f"cannot listen for LMTP on {config.listen_address}:{config.ports.lmtp}: {exc}"
+                log.error("%s", self.front_error)
+                return
+        self.front_error = None
+
+    async def _journal_on_peer(self, entry: JournalEntry, message: bytes) -> str | None:
+        """The front's journal writer: store the entry on the peer (the replica); None once it is durable there."""
+        config, session = self.config, self._session
+        problem: str | None = None
+        if config is None or config.peer is None or session is None:
+            problem = "no peer is configured"
+        else:
+            url = f"http://{config.peer.host}:{config.peer.agent_port}/journal"
+            headers = {
+                "Authorization": f"Bearer {self.settings.token}",
+                "Content-Type": "message/rfc822",
+                "X-Mailshard-Journal-Entry": json.dumps(entry.to_json()),
+            }
+            try:
+                async with session.post(
+                    url, data=message, headers=headers, timeout=aiohttp.ClientTimeout(total=JOURNAL_TIMEOUT)
+                ) as response:
+                    if response.status != 200:
+                        problem = f"{url} answered HTTP {response.status}: {(await response.text())[:200]}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = f"{url} failed: {exc or type(exc).__name__}"
+        if self.metrics is not None:
+            (self.metrics.journaled if problem is None else self.metrics.unjournaled).inc()
+        return problem
+
+    async def receive_journal(self, meta: str, message: bytes) -> tuple[int, dict[str, Any]]:
+        """Store one journal entry sent by the master's front; only a replica keeps a journal."""
+        try:
+            entry = JournalEntry.from_json(json.loads(meta))
+        except ValueError as exc:
+            return 400, {"error": f"bad journal entry: {exc}"}
+        if self.mode is not ServingMode.REPLICA:
+            return 409, {"error": f"only a replica keeps the journal (this member is {self.mode.value})"}
+        try:
+            await asyncio.to_thread(self.journal.write, entry, message)
+        except OSError as exc:
+            log.error("cannot store journal entry %s: %s", entry.id, exc)
+            return 507, {"error": f"cannot store the journal entry: {exc}"}
+        self.journal.index(entry)
+        return 200, {"stored": entry.id}
+
+    def _prune_journal(self, master: Mapping[MailboxKey, MailboxState], in_sync: bool) -> None:
+        """Drop the entries this replica is now sure to hold (see journal.py for why this is safe)."""
+        if self.peer_observed_from is None or not len(self.journal):
+            return
+        caught_up = None if in_sync else users_caught_up(master, summary_index(self.mailboxes))
+        held = prunable(self.journal.entries(), self.peer_observed_from, caught_up)
+        if held:
+            self.journal.remove(entry.id for entry in held)
+
+    async def replay(self) -> tuple[int, dict[str, Any]]:
+        """A failover step on the new master: deliver each journal entry to the recipients whose store lacks it.
+
+        Presence is decided by the ``X-Mailshard-Journal`` id among the messages
+        saved since shortly before the oldest entry, so a message that did
+        replicate is never delivered twice; an entry is removed once every
+        recipient holds it. Idempotent: a repeated call finds them all present.
+        """
+        async with self._lock:
+            if self.member.mode is not ServingMode.MASTER or not self.supervisor.up:
+                return 409, {"error": f"only a running master replays the journal (this member is {self.mode.value})"}
+            entries = self.journal.entries()
+            if not entries:
+                return 200, {"entries": 0, "replayed": 0, "present": 0}
+            if self.backend is Backend.CYRUS:
+                return 501, {"error": "replaying the journal is not implemented for Cyrus", "entries": len(entries)}
+            present, failures = await self._journal_presence(entries)
+            replayed, already, more_failures = await self._deliver_missing(entries, present)
+            failures += more_failures
+            await self._observe()
+            summary = {"entries": len(entries), "replayed": replayed, "present": already, "kept": len(self.journal)}
+            if failures:
+                self.replay_error = f"journal replay incomplete: {'; '.join(failures[:3])}"
+                log.error("%s", self.replay_error)
+                return 500, {"error": self.replay_error, **summary}
+            self.replay_error = None
+            log.info("journal replayed: %d delivered again, %d already present", replayed, already)
+            return 200, summary
+
+    async def _journal_presence(self, entries: list[JournalEntry]) -> tuple[dict[str, set[str]], list[str]]:
+        """Per recipient, the journal ids its store already holds (one doveadm fetch per user)."""
+        window = int(time.time() - min(entry.delivered_at for entry in entries)) + REPLAY_MARGIN_SECONDS
+        present: dict[str, set[str]] = {}
+        failures: list[str] = []
+        for user in sorted({recipient for entry in entries for recipient in entry.recipients}):
+            try:
+                present[user] = await self.doveadm.journal_ids(user, window)
+            except (DoveadmError, ParseError) as exc:
+                failures.append(f"{user}: {exc}")
+        return present, failures
+
+    async def _deliver_missing(
+        self, entries: list[JournalEntry], present: dict[str, set[str]]
+    ) -> tuple[int, int, list[str]]:
+        """Deliver each entry to its recipients that lack it; remove the entries every recipient now holds."""
+        replayed = already = 0
+        done: list[str] = []
+        failures: list[str] = []
+        client: LmtpClient | None = None
+        try:
+            for entry in entries:
+                if any(recipient not in present for recipient in entry.recipients):
+                    continue  # could not look: keep it for the next call
+                missing = [r for r in entry.recipients if entry.id not in present[r]]
+                if not missing:
+                    already += 1
+                    done.append(entry.id)
+                    continue
+                if client is None:
+                    hostname = self.config.member if self.config else "mailshard"
+                    client = await LmtpClient.connect(self._daemon_lmtp(), hostname)
+                message = await asyncio.to_thread(self.journal.read, entry.id)
+                refused = {r: a for r, a in (await client.deliver(entry.sender, missing, message)).items() if not a.ok}
+                if refused:
+                    failures += [f"{entry.id} to {r}: {a.code} {a.text}" for r, a in refused.items()]
+                    continue
+                replayed += 1
+                done.append(entry.id)
+        except (LmtpError, OSError) as exc:
+            failures.append(str(exc))
+        finally:
+            if client is not None:
+                await client.close()
+        self.journal.remove(done)
+        return replayed, already, failures
+
+    async def reseed(self) -> tuple[int, dict[str, Any]]:
+        """Rejoin a demoted, fenced member as a replica, after making its store identical to the master's.
+
+        This is how a returning old master sheds what it accepted but never
+        replicated: those messages were delivered again on the new master from
+        the journal (with new UIDs above the raised UIDNEXT), so keeping the old
+        copies would duplicate them, and their old UIDs would collide. An
+        unfenced replica is already replicating: nothing to do.
+        """
+        async with self._lock:
+            self._load()
+            config = self.config
+            if config is None:
+                return 409, {"error": f"cannot reseed: {self.config_error}"}
+            if self.member.mode is ServingMode.REPLICA:
+                return 200, {"result": "already a replica", "changed": False, "status": self.status()}
+            if self.member.role is not Role.REPLICA or not self.member.fenced:
+                return 409, {"error": "only a demoted (role replica) and fenced member is re-seeded; demote it first"}
+            if config.peer is None:
+                return 409, {"error": "no peer to re-seed from"}
+            if self.backend is Backend.DOVECOT:
+                problem = await self._pull_all_users(f"{config.peer.host}:{config.peer.doveadm_port}")
+                if problem is not None:
+                    log.error("re-seed from %s failed: %s", config.peer.name, problem)
+                    return 500, {"error": f"re-seed from {config.peer.name} failed: {problem}"}
+                log.info("re-seeded from %s: this store now equals the master's", config.peer.name)
+            else:
+                log.warning("Cyrus: no re-seed; rolling replication resumes from the master's sync log")
+        return await self.act(Action.UNFENCE)
+
+    async def _pull_all_users(self, peer: str) -> str | None:
+        """`doveadm backup -R` of every user, a few at a time, each retried; None when all succeeded.
+
+        Per user, with a bound on each attempt: measured on 2.3.19, one dsync in
+        a hundred or so stalls right after a failover (both sides waiting at
+        ``mailbox_delete``) and never ends; a fresh attempt goes through.
+        """
+        try:
+            users = await self.doveadm.users()
+        except DoveadmError as exc:
+            return f"cannot list the users: {exc}"
+        limit = asyncio.Semaphore(RESEED_PARALLEL)
+
+        async def one(user: str) -> str | None:
+            error: DoveadmError | None = None
+            async with limit:
+                for attempt in range(1, RESEED_ATTEMPTS + 1):
+                    try:
+                        await self.doveadm.pull_user(user, peer, within=RESEED_ATTEMPT_SECONDS)
+                        return None
+                    except DoveadmError as exc:
+                        error = exc
+                        log.warning("re-seed of %s, attempt %d of %d: %s", user, attempt, RESEED_ATTEMPTS, exc)
+            return f"{user}: {error}"
+
+        failures = [failure for failure in await asyncio.gather(*(one(user) for user in users)) if failure]
+        return "; ".join(failures[:3]) if failures else None
 
     async def _wait_up(self, within: float) -> None:
         deadline = time.monotonic() + within
@@ -461,6 +728,9 @@ class Agent:
         self.peer_status, self.peer_error = status, None
         if peer_mailboxes is not None:
             self.peer_mailboxes, self.peer_seen_at = peer_mailboxes, time.time()
+            observed_from = status.get("mailboxes", {}).get("observedFromTimestamp")
+            usable = isinstance(observed_from, int | float) and not isinstance(observed_from, bool)
+            self.peer_observed_from = float(observed_from) if usable else None
 
     async def _observe(self) -> None:
         self._polls += 1
@@ -470,13 +740,17 @@ class Agent:
         up = self.supervisor.up
         if up and self.backend is Backend.CYRUS:
             await self._provision()
+            started = time.time()
             try:
                 self.mailboxes, self.mailbox_error = await self.cyrus.mailbox_status(), None
+                self.mailboxes_from = started
             except (CyrusToolError, ParseError) as exc:
                 self.mailbox_error = str(exc)
         elif up:
+            started = time.time()
             try:
                 self.mailboxes, self.mailbox_error = await self.doveadm.mailbox_status(), None
+                self.mailboxes_from = started
             except (DoveadmError, ParseError) as exc:
                 self.mailbox_error = str(exc)
             if mode is ServingMode.MASTER:  # only the master runs a replicator
@@ -526,6 +800,8 @@ class Agent:
         self.lag = self.tracker.update(now, master, replica)
         if self.lag.in_sync:
             self.last_in_sync = now
+        if sides == ("peer", "self"):
+            self._prune_journal(master, self.lag.in_sync)
 
     async def _maybe_kick(self, now: float, mode: ServingMode) -> None:
         """Nudge the replicator when the peer is reachable again but users wait in the failed queue."""
@@ -550,6 +826,7 @@ class Agent:
         self.metrics.daemon_up.set(1 if self.supervisor.up else 0)
         self.metrics.set_mode(self.mode)
         self.metrics.lag.set(self.lag.lag_seconds if self.lag is not None else math.nan)
+        self.metrics.journal_entries.set(len(self.journal))
         if self.last_success_sync is not None:
             self.metrics.last_sync.set(self.last_success_sync)
 
@@ -572,6 +849,9 @@ class Agent:
             self.peer_error,
             self.peer_problem() if self.probe is not None else None,
             self.provision_error,
+            self.front_error,
+            self.replay_error,
+            *self.journal.load_errors,
         ]
         failed = [user.username for user in self.replicator_users if user.failed]
         if failed:
@@ -579,6 +859,19 @@ class Agent:
         if self.mode is ServingMode.MASTER and self._peer_mode() is ServingMode.MASTER and not self.peer_error:
             found.append("split brain: the peer also serves as master")
         return [error for error in dict.fromkeys(found) if error]
+
+    def _journal_status(self) -> dict[str, Any]:
+        oldest = self.journal.oldest()
+        counters = self.front.counters if self.front is not None else None
+        return {
+            "entries": len(self.journal),
+            "oldestAgeSeconds": None if oldest is None else round(max(0.0, time.time() - oldest), 3),
+            "frontListening": self.front is not None and self.front.listening,
+            "deliveries": counters.deliveries if counters else 0,
+            "journaled": counters.journaled if counters else 0,
+            "unjournaled": counters.unjournaled if counters else 0,
+            "lastJournalError": counters.last_journal_error if counters else None,
+        }
 
     def status(self) -> dict[str, Any]:
         config = self.config
@@ -634,7 +927,9 @@ class Agent:
                 "count": len(self.mailboxes),
                 "users": len({state.user for state in self.mailboxes}),
                 "summary": [state.to_json() for state in self.mailboxes],
+                "observedFromTimestamp": self.mailboxes_from,
             },
+            "journal": self._journal_status(),
             "observedAt": _iso(self.observed_at),
             "errors": self.errors(),
         }

@@ -28,8 +28,9 @@ shared replication secret (``doveadmPassword``); it is in ``admins`` on both
 sides, ``sync_authname``/``sync_password`` on the master. Users log in as
 ``user@domain`` (``virtdomains: userid``). ``alwaystrue`` is never used.
 
-**LMTP** over TCP is pre-authorised (``lmtpd -a``), as Dovecot's LMTP is: Cyrus
-would otherwise demand LMTP AUTH from the MTA. Keep the port cluster-internal.
+**LMTP** listens on a unix socket only (``LMTP_SOCKET``; Cyrus treats a local
+socket as pre-authorised). The member's LMTP port belongs to the agent's
+journaling front (``mailshard.agent.front``), which relays to that socket.
 
 **Mailbox creation.** The master's agent creates every user's INBOX, one
 after the other in one admin IMAP session, before it reports ready
@@ -41,7 +42,7 @@ fallback for a user added to the users file between two provisionings.
 
 **How each mode refuses what it must not do** (see ``ServingMode``):
 
-- master: IMAP and LMTP listeners; ``sync_log: 1`` and a ``sync_client -r``
+- master: IMAP, and LMTP on a local socket behind the agent's front; ``sync_log: 1`` and a ``sync_client -r``
   (rolling replication) in ``DAEMON``, pushing every change to the peer's
   ``syncserver`` at most ``sync_repeat_interval`` (1 s) later.
 - replica: only the ``syncserver`` listener; no IMAP and no LMTP, so every
@@ -64,6 +65,8 @@ from mailshard.backends.dovecot import InstancePaths, ProcessIdentity
 from mailshard.backends.modes import ServingMode
 
 IMAPD_CONF = "imapd.conf"
+LMTP_SOCKET = "socket/lmtp"
+"""The daemon's own LMTP, a unix socket under the state directory, behind the agent's journaling front."""
 CYRUS_CONF = "cyrus.conf"
 SASLDB_FILE = "sasldb2"
 SYNC_ADMIN = "mailshard-sync"
@@ -197,7 +200,7 @@ def render_cyrus(
     if pushing:
         services += [
             f'  imap {cmd("imapd")} listen="{_arg(address)}:{config.ports.imap}" prefork=0',
-            f'  lmtp {cmd("lmtpd", "-a")} listen="{_arg(address)}:{config.ports.lmtp}" prefork=0',
+            f'  lmtp {cmd("lmtpd")} listen="{_arg(str(paths.state_dir / LMTP_SOCKET))}" prefork=0',
         ]
     elif mode is ServingMode.REPLICA:
         services += [f'  syncserver {cmd("sync_server")} listen="{_arg(address)}:{config.ports.doveadm}" prefork=0']

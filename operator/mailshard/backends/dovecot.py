@@ -37,7 +37,9 @@ both members must agree on it, which the shared runtime config guarantees.
 
 **How each mode refuses what it must not do** (see ``ServingMode``):
 
-- master: IMAP, POP3, LMTP and ManageSieve listeners; the replication plugin
+- master: IMAP, POP3 and ManageSieve listeners, and LMTP on a local socket
+  behind the agent's journaling front (``mailshard.agent.front``), which owns
+  the member's LMTP port; the replication plugin
   notifies the replicator after every change, which pushes it to the peer's
   doveadm server (``mail_replica = tcp:peer:port``). The master listens for
   doveadm too: the replica's agent checks the shared secret against it, and an
@@ -78,6 +80,8 @@ from mailshard.backends.config import MemberRuntimeConfig
 from mailshard.backends.modes import ReplicationStrategy, ServingMode
 
 CONF_FILE = "dovecot.conf"
+LMTP_SOCKET = "lmtp"
+"""The daemon's own LMTP, a unix socket in ``base_dir``: the member's LMTP port is the agent's journaling front."""
 SECRETS_FILE = "doveadm-password.conf"
 
 # Services whose built-in default chroots; chroot needs root, so non-root mode blanks them all.
@@ -227,7 +231,15 @@ def render_dovecot(
                 "  }",
             ]
         lines += [f"service {service} {{", "  chroot =", *extra, "}"]
-    lines += ["service lmtp {", *_listener("lmtp", config.ports.lmtp), "}"]
+    # No LMTP port: the agent's journaling front owns it (``mailshard.agent.front``) and relays to this socket.
+    lines += [
+        "service lmtp {",
+        f"  unix_listener {LMTP_SOCKET} {{",
+        f"    user = {identity.user}",
+        "    mode = 0600",
+        "  }",
+        "}",
+    ]
     lines += [
         "protocol lmtp {",
         "  mail_plugins = $mail_plugins sieve",

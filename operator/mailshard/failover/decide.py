@@ -17,7 +17,7 @@ Each diagnosis has one action (and one only ever follows from it):
 - UNCERTAIN → WAIT, then RAISE_ALARM once it has lasted `ALARM_AFTER_SECONDS`.
 - SPLIT_BRAIN → REPAIR_SPLIT_BRAIN: fence the member that is not the
   recorded master (RAISE_ALARM when no master is recorded).
-- REPLICA_NEEDS_RESEED → RESEED_REPLICA: demote it, then unfence it.
+- REPLICA_NEEDS_RESEED → RESEED_REPLICA: demote it, re-seed it from the master, unfence it.
 - NO_MASTER → ELECT_MASTER once both members answer, else WAIT.
 - FAILOVER_IN_PROGRESS → CONTINUE_FAILOVER with the next step; WAIT while a
   step cannot run yet; ABORT_FAILOVER when the target is lost before its
@@ -76,7 +76,7 @@ class Action(enum.StrEnum):
     REPAIR_SPLIT_BRAIN = "RepairSplitBrain"
     """Fence `member`, the member that claims master but is not the recorded master."""
     RESEED_REPLICA = "ReseedReplica"
-    """Demote `member`, then unfence it, so it replicates from the master again."""
+    """Demote `member`, make its store equal to the master's (`/reseed`), unfence it: it replicates again."""
     ELECT_MASTER = "ElectMaster"
     """Record `member` as the first master of the pair."""
     DRAIN_THEN_SWITCH = "DrainThenSwitch"
@@ -405,7 +405,7 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
         if source_report is None:
             return run(step, f"{source} cannot be told ({source_health.reason}); the routing fence keeps writes away")
         return run(step, f"fencing {source}", member=source)
-    if step in (FailoverStep.PROMOTE, FailoverStep.RAISE_UIDNEXT):
+    if step in (FailoverStep.PROMOTE, FailoverStep.RAISE_UIDNEXT, FailoverStep.REPLAY_JOURNAL):
         target_facts = facts.member(target)
         target_report = fresh_report(target_facts, target_health)
         if not target_health.up or target_report is None or target_report.fenced:
@@ -415,6 +415,8 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
             return hold(Action.WAIT, f"waiting to {step.value}: {problem}")
         if step is FailoverStep.PROMOTE:
             return run(step, f"promoting {target}", member=target)
+        if step is FailoverStep.REPLAY_JOURNAL:
+            return run(step, f"delivering on {target} what {source} acknowledged but never replicated", member=target)
         old_report = facts.member(source).report
         floors = uidnext_floors(
             target_report.mailboxes or (),

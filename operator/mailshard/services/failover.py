@@ -298,7 +298,7 @@ class FailoverMonitor:
                 await reach.act(member, "fence")
             elif action is Action.RESEED_REPLICA and member is not None:
                 await reach.act(member, "demote")
-                await reach.act(member, "unfence")
+                await reach.act(member, "reseed")
         except AgentCallError as error:
             meta = body["metadata"]
             log.warning("%s/%s: %s failed: %s", meta["namespace"], meta["name"], action.value, error)
@@ -325,9 +325,20 @@ class FailoverMonitor:
                     "but did not replicate may be reused"
                 )
                 await asyncio.to_thread(self.events.record, body, "Warning", "UidNextNotRaised", message)
+        elif step is FailoverStep.REPLAY_JOURNAL:
+            try:
+                await reach.act(member, "replay")
+            except AgentCallError as error:
+                if error.status != 501:
+                    raise
+                message = (
+                    f"{member} cannot replay the delivery journal ({error}); messages the old master "
+                    "acknowledged but did not replicate may be missing"
+                )
+                await asyncio.to_thread(self.events.record, body, "Warning", "JournalNotReplayed", message)
         elif step is FailoverStep.REJOIN_OLD_MASTER:
             await reach.act(member, "demote")
-            await reach.act(member, "unfence")
+            await reach.act(member, "reseed")
 
     def _tell(self, body: Manifest, memory: _ShardMemory, decision: Decision) -> None:
         """Events and metrics for what was just done."""

@@ -234,8 +234,10 @@ class FailoverStep(enum.StrEnum):
     """Raise every mailbox's UIDNEXT on the new master above any UID the old master may have assigned."""
     REPOINT_ROUTING = "RepointRouting"
     """Point the routing layer at the new master."""
+    REPLAY_JOURNAL = "ReplayJournal"
+    """Deliver on the new master what the old one acknowledged but never replicated (its delivery journal)."""
     REJOIN_OLD_MASTER = "RejoinOldMaster"
-    """Demote and unfence the old master so it replicates from the new one (skipped when it is not up)."""
+    """Demote the old master, make its store equal to the new master's, and unfence it as replica (when it is up)."""
     RECORD = "Record"
     """Write the new master and the failover record into the status; the failover is over."""
 
