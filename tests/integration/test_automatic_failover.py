@@ -230,3 +230,108 @@ def test_the_operator_killed_mid_failover_resumes_it(
     assert (done["from"], done["to"]) == (A, B)
     assert status(api_client, namespace)["master"] == B
     assert route(api_client, namespace).master == B
+
+
+def test_both_members_down_is_reported_and_never_promotes(
+    api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair
+) -> None:
+    pair.members[A].kill()
+    pair.members[B].kill()
+    for member in (A, B):  # what the kubelet does once the agents' readiness probes fail
+        _set_pod_ready(api_client, namespace, f"{member}-0", ready=False)
+    stalled = eventually(
+        lambda: (c := condition(api_client, namespace, "Stalled")).get("status") == "True" and c,
+        timeout=20,
+        what="a Stalled condition",
+    )
+    assert stalled["reason"] == "BothDown", stalled
+    assert "no member can serve" in stalled["message"]
+    time.sleep(3)  # several more decisions: none may promote
+    current = status(api_client, namespace)
+    assert current["master"] == A
+    assert "failover" not in current
+    assert "lastFailover" not in current
+    assert "Warning/BothDown" in events(api_client, namespace)
+
+    # The master comes back: the alarm clears and it is still the master; nothing moved meanwhile.
+    pair.members[A].start()
+    pair.members[B].start()
+    for member in (A, B):
+        _set_pod_ready(api_client, namespace, f"{member}-0", ready=True)
+    eventually(
+        lambda: condition(api_client, namespace, "Stalled").get("status") in (None, "False"),
+        timeout=60,
+        what="the alarm cleared",
+    )
+    assert status(api_client, namespace)["master"] == A
+    assert "lastFailover" not in status(api_client, namespace)
+
+
+def _set_pod_ready(api: client.ApiClient, namespace: str, pod: str, ready: bool) -> None:
+    core = client.CoreV1Api(api)
+    current = core.read_namespaced_pod_status(pod, namespace)
+    conditions = []
+    for item in current.status.conditions or []:
+        if item.type in ("Ready", "ContainersReady"):
+            item.status = "True" if ready else "False"
+        conditions.append(api.sanitize_for_serialization(item))
+    core.patch_namespaced_pod_status(pod, namespace, {"status": {"conditions": conditions}})
+
+
+def test_both_agents_silent_while_kubernetes_says_ready_is_uncertain_and_never_promotes(
+    api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair
+) -> None:
+    """From the operator's side this may be a partition, not a crash: it waits, then asks a human."""
+    pair.members[A].kill()
+    pair.members[B].kill()
+    stalled = eventually(
+        lambda: (c := condition(api_client, namespace, "Stalled")).get("status") == "True" and c,
+        timeout=45,
+        what="a Stalled condition once the uncertainty lasted 30 s",
+    )
+    assert stalled["reason"] == "Uncertain", stalled
+    current = status(api_client, namespace)
+    assert current["master"] == A
+    assert "failover" not in current
+    assert "lastFailover" not in current
+
+
+def _set_node_ready(api: client.ApiClient, node: str, ready: bool) -> None:
+    core = client.CoreV1Api(api)
+    current = core.read_node_status(node)
+    conditions = []
+    for item in current.status.conditions or []:
+        if item.type == "Ready":
+            item.status = "True" if ready else "False"
+            item.reason = "KubeletReady" if ready else "NodeStatusUnknown"
+            item.message = "set by the test" if not ready else "kubelet is posting ready status"
+        conditions.append(item)
+    core.patch_node_status(node, {"status": {"conditions": [api.sanitize_for_serialization(c) for c in conditions]}})
+
+
+def test_a_master_on_a_node_gone_not_ready_is_replaced_without_waiting_for_the_node_grace_period(
+    api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair
+) -> None:
+    core = client.CoreV1Api(api_client)
+    node = core.read_namespaced_pod(f"{A}-0", namespace).spec.node_name
+    assert node
+    lost = time.monotonic()
+    pair.members[A].kill()
+    _set_node_ready(api_client, node, ready=False)
+    try:
+        done = eventually(
+            lambda: status(api_client, namespace).get("lastFailover"), timeout=30, what="a recorded failover"
+        )
+        elapsed = time.monotonic() - lost
+        print(f"node NotReady and master dead -> failover recorded: {elapsed:.1f}s")
+        assert (done["from"], done["to"]) == (A, B)
+        # The node lifecycle controller would mark the pod NotReady only after its grace period (40 s by default).
+        assert elapsed < 40
+        row = eventually(
+            lambda: (r := route(api_client, namespace)).master == B and r.state is ShardState.SERVING and r,
+            timeout=10,
+            what="routing repointed at the new master",
+        )
+        assert row.master == B
+    finally:
+        _set_node_ready(api_client, node, ready=True)
