@@ -13,6 +13,8 @@ come from the agents' heartbeats, never from pod or node status.
 
 from __future__ import annotations
 
+import contextlib
+import imaplib
 import os
 import shutil
 import tempfile
@@ -26,7 +28,10 @@ from kubernetes import client
 from operator_support import REPO, OperatorProcess, eventually, kubectl
 
 from mailshard.api.routing import TABLE_KEY, ShardState, parse_table
-from mailshard_harness import local_agents
+from mailshard.builders.names import pod_name
+from mailshard.proxy.render import Endpoint
+from mailshard_harness import local_agents, local_proxy, mailflow
+from mailshard_harness.local_proxy import LocalProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
 
@@ -335,3 +340,100 @@ def test_a_master_on_a_node_gone_not_ready_is_replaced_without_waiting_for_the_n
         assert row.master == B
     finally:
         _set_node_ready(api_client, node, ready=True)
+
+
+KILLS_WITH_OPERATOR = 3
+
+
+@pytest.fixture
+def proxy(
+    pair: local_agents.LocalPair, kubeconfig: Path, namespace: str, request: pytest.FixtureRequest
+) -> Iterator[LocalProxy]:
+    """The real proxy, its routing sidecar following `demo-routing` through the API, the members at their pod IPs."""
+    problem = local_proxy.missing()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{problem}: CI must run .ci/install-mail-deps first")
+        pytest.skip(problem)
+
+    def resolve(host: str) -> Endpoint:
+        member = next(name for name in pair.members if host.startswith(f"{pod_name(name)}."))
+        ports = local_agents.LOCAL_MAIL_PORTS
+        return Endpoint(pair.members[member].ip, ports["imap"], ports["pop3"], ports["lmtp"], ports["managesieve"])
+
+    root = Path(tempfile.mkdtemp(prefix="ms-p-"))
+    started = LocalProxy.start(root)
+    started.follow(cluster="demo", namespace=namespace, kubeconfig=kubeconfig, resolve=resolve)
+    try:
+        yield started
+    finally:
+        started.stop()
+        request.node.add_report_section("teardown", "proxy log", started.log_tail())
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _login(proxy: LocalProxy, user: str, password: str) -> bool:
+    try:
+        client_ = imaplib.IMAP4("127.0.0.1", proxy.ports["imap"], timeout=10)
+    except OSError:
+        return False
+    try:
+        client_.login(user, password)
+    except imaplib.IMAP4.error:
+        return False
+    finally:
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
+            client_.logout()
+    return True
+
+
+def test_mail_through_the_proxy_survives_master_kills_with_nothing_lost(
+    api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair, proxy: LocalProxy
+) -> None:
+    """The whole path, repeatedly: operator, routing table, sidecar, proxy, journal, agents, Dovecot."""
+    users = sorted(pair.users)
+    user, password = users[0], pair.users[users[0]]
+    eventually(lambda: _login(proxy, user, password), timeout=20, what="a first login through the proxy")
+    acked: list[mailflow.Sent] = []
+    unacked: list[mailflow.Sent] = []
+    outages = []
+    master, replica = A, B
+    for kill in range(KILLS_WITH_OPERATOR):
+        stream = mailflow.Stream("127.0.0.1", proxy.ports["lmtp"], users, f"op{kill}").start()
+        stream.wait_for(40)
+        previous = status(api_client, namespace).get("lastFailover")
+        pair.members[master].kill()
+        killed = time.monotonic()
+        stream.stop()
+        acked += stream.acked
+        unacked += stream.unacked
+
+        def recorded(previous: Any = previous) -> Any:
+            latest = status(api_client, namespace).get("lastFailover")
+            return latest if latest != previous else None
+
+        done = eventually(recorded, timeout=30, what=f"failover {kill} recorded")
+        assert (done["from"], done["to"]) == (master, replica)
+        eventually(lambda: _login(proxy, user, password), timeout=10, what="a login through the proxy")
+        outages.append(time.monotonic() - killed)
+        pair.members[master].start()
+
+        def swapped(master: str = master, replica: str = replica) -> bool:
+            roles = {m["name"]: m["role"] for m in status(api_client, namespace).get("members", [])}
+            return roles == {master: "replica", replica: "master"}
+
+        eventually(swapped, timeout=60, what="the old master back as replica")
+        eventually(
+            lambda: condition(api_client, namespace, "Replicating").get("status") == "True",
+            timeout=60,
+            what="the pair in sync again",
+        )
+        master, replica = replica, master
+
+    conf = pair.members[master].data_dir / "conf" / "dovecot.conf"
+    assert mailflow.losses(mailflow.held(conf, users), acked, unacked) == []
+    print(
+        f"\n{KILLS_WITH_OPERATOR} kills with the operator deciding, {len(acked)} deliveries acknowledged through "
+        f"the proxy, none lost or duplicated; kill → login through the proxy: "
+        + ", ".join(f"{seconds:.1f}s" for seconds in outages)
+    )

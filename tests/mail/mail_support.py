@@ -23,13 +23,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+
+from mailshard_harness import local_proxy, mailflow
+from mailshard_harness.local_proxy import LocalProxy
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "mail-tier-token"
@@ -133,11 +136,7 @@ class Member:
 
     def doveadm_json(self, *args: str) -> list[dict[str, str]]:
         """Run doveadm against this member's own store, as the mail user, and parse its JSON output."""
-        argv = ["doveadm", "-c", str(self.data_dir / "conf" / "dovecot.conf"), "-f", "json", *args]
-        run_as = {"user": "vmail", "group": "vmail", "extra_groups": []} if os.geteuid() == 0 else {}
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True, **run_as)  # type: ignore[call-overload]
-        rows: list[dict[str, str]] = json.loads(done.stdout or "[]")
-        return rows
+        return mailflow.doveadm_json(self.data_dir / "conf" / "dovecot.conf", *args)
 
     def message_ids(self, user: str) -> list[str]:
         """The Message-ID of every message of the user, in every mailbox (duplicates kept)."""
@@ -402,89 +401,19 @@ def make_pair(dovecot_installed: None, request: pytest.FixtureRequest) -> Iterat
 # --- the proxy tier ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Proxy:
-    """A real Dovecot proxy (``mailshard.proxy.render``) on loopback ports, reading ``routes_file``."""
-
-    root: Path
-    ports: dict[str, int]
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def conf(self) -> Path:
-        return self.root / "conf" / "dovecot.conf"
-
-    @property
-    def routes_file(self) -> Path:
-        return self.root / "routes" / "routes.txt"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "proxy.log"
-
-    def doveadm(self, args: Sequence[str]) -> str:
-        done = subprocess.run(
-            ["doveadm", "-c", str(self.conf), *args], capture_output=True, text=True, timeout=30, check=False
-        )
-        assert done.returncode == 0, f"doveadm {args}: {done.returncode} {done.stderr}"
-        return done.stdout
-
-    def log_tail(self, lines: int = 80) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+Proxy = LocalProxy
+"""A real Dovecot proxy (``mailshard.proxy.render``) on loopback ports, reading ``routes_file``."""
 
 
 @pytest.fixture
 def proxy(dovecot_installed: None, request: pytest.FixtureRequest) -> Iterator[Proxy]:
     """A started proxy with no route file yet (every login is refused temporarily until one is written)."""
-    if not Path("/usr/lib/dovecot/modules/auth/libauthdb_lua.so").exists():
-        pytest.skip("dovecot-auth-lua is not installed (run .ci/install-mail-deps)")
-    from mailshard.proxy.render import ProxyPorts, ProxySettings, render_proxy
-
+    problem = local_proxy.missing()
+    if problem is not None:
+        pytest.skip(problem)
     root = Path(tempfile.mkdtemp(prefix="mp-"))
-    root.chmod(0o755)
-    for sub in ("conf", "routes", "run"):
-        (root / sub).mkdir()
-        (root / sub).chmod(0o755)
-    ports = dict(zip(("imap", "pop3", "lmtp", "managesieve"), free_ports(4), strict=True))
-    running_as_root = os.geteuid() == 0
-    user = "vmail" if running_as_root else pwd.getpwuid(os.geteuid()).pw_name
-    group = "vmail" if running_as_root else user
-    proxy = Proxy(root, ports)
-    settings = ProxySettings(
-        base_dir=root / "run",
-        conf_dir=root / "conf",
-        routes_file=proxy.routes_file,
-        user=user,
-        group=group,
-        listen="127.0.0.1",
-        ports=ProxyPorts(**ports),
-    )
-    for name, text in render_proxy(settings).items():
-        (root / "conf" / name).write_text(text)
-    with open(proxy.log_path, "ab") as log:
-        proxy.proc = subprocess.Popen(
-            ["dovecot", "-F", "-c", str(proxy.conf)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads are spawning processes here
-        )
-    deadline = time.monotonic() + 20
-    while not all(port_open(port) for port in ports.values()):
-        assert proxy.proc.poll() is None, f"the proxy exited:\n{proxy.log_tail()}"
-        assert time.monotonic() < deadline, f"the proxy did not listen within 20 s:\n{proxy.log_tail()}"
-        time.sleep(0.05)
-    yield proxy
-    proxy.proc.send_signal(signal.SIGTERM)
-    try:
-        proxy.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proxy.proc.pid, signal.SIGKILL)
-        proxy.proc.wait()
-    request.node.add_report_section("teardown", "proxy log", proxy.log_tail())
+    started = LocalProxy.start(root)
+    yield started
+    started.stop()
+    request.node.add_report_section("teardown", "proxy log", started.log_tail())
     shutil.rmtree(root, ignore_errors=True)

@@ -20,9 +20,7 @@ kill → login figures here exclude the detection delay.
 from __future__ import annotations
 
 import asyncio
-import smtplib
 import statistics
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,66 +37,12 @@ from mailshard.failover.policy import UID_GAP
 from mailshard.failover.uidnext import uidnext_floors
 from mailshard.proxy.render import Endpoint
 from mailshard.proxy.sidecar import apply_table
+from mailshard_harness import mailflow
+from mailshard_harness.mailflow import Sent, Stream
 
 pytestmark = pytest.mark.mail
 
 RecordProperty = Callable[[str, object], None]
-
-
-Sent = tuple[str, str]
-"""(user, Message-ID)."""
-
-
-class Stream:
-    """Delivers to every user in turn over one LMTP session until stopped or the server goes away."""
-
-    def __init__(self, port: int, users: list[str], tag: str) -> None:
-        self.port, self.users, self.tag = port, users, tag
-        self.acked: list[Sent] = []
-        """(user, Message-ID) of every message that got a 250."""
-        self.unacked: list[Sent] = []
-        """Sent, but the session broke before the answer: the sender would retry these."""
-        self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Stream:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def wait_for(self, count: int, within: float = 60) -> None:
-        deadline = time.monotonic() + within
-        while len(self.acked) < count:
-            assert time.monotonic() < deadline, f"only {len(self.acked)} deliveries acknowledged ({self.error})"
-            assert self._thread.is_alive(), f"the delivery stream ended early: {self.error}"
-            time.sleep(0.01)
-
-    def _run(self) -> None:
-        n = 0
-        try:
-            with smtplib.LMTP("127.0.0.1", self.port, timeout=30) as lmtp:
-                while not self._stop.is_set():
-                    user = self.users[n % len(self.users)]
-                    message_id = f"<{self.tag}.{n}@mailshard.test>"
-                    message = (
-                        f"From: sender@example.test\r\nTo: {user}\r\nSubject: stream {n}\r\n"
-                        f"Message-ID: {message_id}\r\n\r\nBody {n}.\r\n"
-                    ).encode()
-                    n += 1
-                    try:
-                        refused = lmtp.sendmail("sender@example.test", [user], message)
-                    except (smtplib.SMTPException, OSError) as exc:
-                        self.unacked.append((user, message_id))
-                        self.error = f"{type(exc).__name__}: {exc}"
-                        return
-                    assert not refused, refused
-                    self.acked.append((user, message_id))
-        except (smtplib.SMTPException, OSError) as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
 
 
 def uidnexts(status: dict[str, Any]) -> list[MailboxUidNext]:
@@ -106,9 +50,8 @@ def uidnexts(status: dict[str, Any]) -> list[MailboxUidNext]:
     return [MailboxUidNext(f"{row['user']}/{row['mailbox']}", row["uidvalidity"], row["uidnext"]) for row in rows]
 
 
-def held(member: Member, users: list[str]) -> Counter[tuple[str, str]]:
-    """How many copies of each (user, Message-ID) the member's store holds."""
-    return Counter((user, message_id) for user in users for message_id in member.message_ids(user))
+def held(member: Member, users: list[str]) -> Counter[Sent]:
+    return mailflow.held(member.data_dir / "conf" / "dovecot.conf", users)
 
 
 async def same_mail(master: Member, replica: Member, users: list[str], within: float = 30) -> Counter[Sent]:
@@ -170,13 +113,8 @@ async def rejoin(old: Member, new: Member) -> None:
     await converged(new, old)
 
 
-def assert_nothing_lost(on_master: Counter[tuple[str, str]], acked: list[Sent], unacked: list[Sent]) -> None:
-    lost = [key for key in acked if on_master[key] == 0]
-    duplicated = [key for key, copies in on_master.items() if copies > 1]
-    assert lost == [], f"{len(lost)} acknowledged deliveries lost: {lost[:5]}"
-    assert duplicated == [], f"duplicates: {duplicated[:5]}"
-    unexpected = set(on_master) - set(acked) - set(unacked)
-    assert unexpected == set(), f"messages nobody sent: {sorted(unexpected)[:5]}"
+def assert_nothing_lost(on_master: Counter[Sent], acked: list[Sent], unacked: list[Sent]) -> None:
+    assert mailflow.losses(on_master, acked, unacked) == []
 
 
 async def test_a_killed_master_loses_no_acknowledged_delivery(make_pair: PairFactory) -> None:
@@ -187,7 +125,7 @@ async def test_a_killed_master_loses_no_acknowledged_delivery(make_pair: PairFac
     await a.wait_status(lambda s: s["replication"]["peerDoveadm"] == "ok", what="peer doveadm reachable")
 
     # Steady state: every delivery is journaled on the replica, and pruned once the replica holds it.
-    steady = Stream(a.ports["lmtp"], users, "steady").start()
+    steady = Stream("127.0.0.1", a.ports["lmtp"], users, "steady").start()
     steady.wait_for(100)
     steady.stop()
     assert steady.error is None
@@ -199,7 +137,7 @@ async def test_a_killed_master_loses_no_acknowledged_delivery(make_pair: PairFac
     await b.wait_status(lambda s: s["journal"]["entries"] == 0, what="journal pruned once in sync")
 
     # The master dies mid-stream, its disk kept; the replica takes over and replays.
-    stream = Stream(a.ports["lmtp"], users, "killed").start()
+    stream = Stream("127.0.0.1", a.ports["lmtp"], users, "killed").start()
     stream.wait_for(150)
     before = await asyncio.to_thread(uidvalidities, a)
     last_report = await a.status()  # what the operator last polled of the old master
@@ -276,7 +214,7 @@ async def test_kill_drill_through_the_proxy(
     outages: list[float] = []
     replayed = 0
     for kill in range(KILLS):
-        stream = Stream(proxy.ports["lmtp"], users, f"kill{kill}").start()
+        stream = Stream("127.0.0.1", proxy.ports["lmtp"], users, f"kill{kill}").start()
         stream.wait_for(30 + 7 * (kill % 5))
         last_report = await master.status()
         cached = await asyncio.to_thread(uid_map, master, users)
