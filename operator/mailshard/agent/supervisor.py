@@ -80,19 +80,20 @@ class DaemonSupervisor:
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="daemon-supervisor")
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace: float | None = None) -> None:
+        """SIGTERM, then SIGKILL of the whole group after `grace` seconds (default `stop_timeout`)."""
         self._stopping.set()
-        await self._terminate()
+        await self._terminate(self.stop_timeout if grace is None else grace)
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
 
-    async def restart(self) -> None:
-        await self.stop()
+    async def restart(self, *, grace: float | None = None) -> None:
+        await self.stop(grace=grace)
         self.start()
 
-    async def _terminate(self) -> None:
+    async def _terminate(self, grace: float) -> None:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
@@ -104,9 +105,10 @@ class DaemonSupervisor:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self.stop_timeout)
+            await asyncio.wait_for(proc.wait(), grace)
         except TimeoutError:
-            log.warning("daemon pid %d ignored SIGTERM for %.0fs; killing its group", proc.pid, self.stop_timeout)
+            if grace >= self.stop_timeout:
+                log.warning("daemon pid %d ignored SIGTERM for %.0fs; killing its group", proc.pid, grace)
         # Whatever is left in the group (the daemon's children) goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
