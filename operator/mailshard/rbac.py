@@ -34,6 +34,19 @@ RULES: Final[tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...]] = (
         "owner references with blockOwnerDeletion",
     ),
     ("apps", ("statefulsets",), MANAGE, "one StatefulSet per member"),
+    ("apps", ("deployments",), MANAGE, "the proxy tier of each MailCluster"),
+    (
+        "",
+        ("serviceaccounts",),
+        ("get", "create", "patch", "update", "delete"),
+        "the proxies' own identity; read back by name, never listed",
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        ("roles", "rolebindings"),
+        ("get", "create", "patch", "update", "delete"),
+        "the proxies may read their routing ConfigMap and nothing else (a Role with resourceNames)",
+    ),
     ("", ("services", "configmaps"), MANAGE, "member and master Services, the runtime ConfigMap"),
     ("", ("secrets",), ("get", "create"), "the replication Secret: created once, read back by name, never listed"),
     (

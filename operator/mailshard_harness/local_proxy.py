@@ -20,16 +20,20 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailshard.proxy.render import ProxyPorts, ProxySettings, Resolver, render_proxy
+import mailshard
+from mailshard.api import proxy_pod
+from mailshard.proxy.render import Resolver
 from mailshard.proxy.sidecar import doveadm_runner, watch
 
 LUA_MODULE = Path("/usr/lib/dovecot/modules/auth/libauthdb_lua.so")
+SOURCE_ROOT = str(Path(mailshard.__file__).resolve().parent.parent)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -68,47 +72,42 @@ class LocalProxy:
 
     @property
     def conf(self) -> Path:
-        return self.root / "conf" / "dovecot.conf"
+        return proxy_pod.conf_dir(self.root) / "dovecot.conf"
 
     @property
     def routes_file(self) -> Path:
-        return self.root / "routes" / "routes.txt"
+        return proxy_pod.routes_file(self.root)
 
     @property
     def log_path(self) -> Path:
         return self.root / "proxy.log"
 
     @classmethod
-    def start(cls, root: Path) -> LocalProxy:
-        """Render and start the proxy on free loopback ports; it refuses every login until a table arrives."""
+    def start(cls, root: Path, *, serve_args: Sequence[str] = (), user: str | None = None) -> LocalProxy:
+        """Start the proxy on free loopback ports; it refuses every login until a table arrives.
+
+        `serve_args` are more arguments of `serve` (a Deployment's, say: `--protocols`, `--tls-dir`); with
+        `--tls-dir` the implicit-TLS ports are served too. `user` runs it unprivileged, as the pod does.
+        """
         problem = missing()
         if problem is not None:
             raise RuntimeError(problem)
-        for sub in ("", "conf", "routes", "run"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-            (root / sub).chmod(0o755)
-        ports = dict(zip(("imap", "pop3", "lmtp", "managesieve"), _free_ports(4), strict=True))
-        root_user = os.geteuid() == 0
-        user = "vmail" if root_user else pwd.getpwuid(os.geteuid()).pw_name
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o777 if user is not None else 0o755)  # an emptyDir is world-writable
+        names = ["imap", "pop3", "lmtp", "managesieve"] + (["imaps", "pop3s"] if "--tls-dir" in serve_args else [])
+        ports = dict(zip(names, _free_ports(len(names)), strict=True))
         proxy = cls(root, ports)
-        settings = ProxySettings(
-            base_dir=root / "run",
-            conf_dir=root / "conf",
-            routes_file=proxy.routes_file,
-            user=user,
-            group=user,
-            listen="127.0.0.1",
-            ports=ProxyPorts(**ports),
-        )
-        for name, text in render_proxy(settings).items():
-            (root / "conf" / name).write_text(text)
+        # Exactly the proxy container's command (`mailshard.builders.proxy`), on loopback ports.
+        argv = [sys.executable, "-m", "mailshard.proxy", "serve", *serve_args, "--dir", str(root)]
+        argv += ["--listen", "127.0.0.1"]
+        argv += [arg for name, port in ports.items() for arg in ("--port", f"{name}={port}")]
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            argv = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", *argv]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [SOURCE_ROOT, os.environ.get("PYTHONPATH")])))
         with open(proxy.log_path, "ab") as log:
             proxy.proc = subprocess.Popen(
-                ["dovecot", "-F", "-c", str(proxy.conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
             )
         deadline = time.monotonic() + 20
         while not all(_listening(port) for port in ports.values()):

@@ -94,7 +94,7 @@ def test_examples_become_ready_pairs_with_every_owned_object(
     assert rows["dovecot-1"][1:4] == ["dovecot", "dovecot-1-a", "dovecot-1-b"]
     assert rows["cyrus-1"][4] == "Healthy"  # LAG is empty until an agent reports it
     clusters = kubectl(kubeconfig, "get", "mc", "demo", "-n", namespace).stdout.splitlines()
-    assert clusters[0].split() == ["NAME", "SHARDS", "READY", "ROUTING-VERSION", "AGE"]
+    assert clusters[0].split() == ["NAME", "SHARDS", "READY", "PROXIES", "ROUTING-VERSION", "AGE"]
     assert clusters[1].split()[1:3] == ["2", "2"]
 
 

@@ -133,6 +133,7 @@ def test_names_scope_and_subresources() -> None:
             [
                 ("SHARDS", ".status.shards", "integer"),
                 ("READY", ".status.readyShards", "integer"),
+                ("PROXIES", ".status.proxiesReady", "integer"),
                 ("ROUTING-VERSION", ".status.routingVersion", "integer"),
                 ("AGE", ".metadata.creationTimestamp", "date"),
             ],

@@ -19,6 +19,18 @@ Do not edit: change operator/mailshard/rbac.py and regenerate.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# the proxy tier of each MailCluster
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# the proxies' own identity; read back by name, never listed
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create", "patch", "update", "delete"]
+# the proxies may read their routing ConfigMap and nothing else (a Role with resourceNames)
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "patch", "update", "delete"]
 # member and master Services, the runtime ConfigMap
 - apiGroups: [""]
   resources: ["services", "configmaps"]

@@ -139,6 +139,7 @@ MAILCLUSTER: Final = CustomResourceKind(
             printer_columns=(
                 PrinterColumn("Shards", ".status.shards", "integer", "MailShards referring to this cluster."),
                 PrinterColumn("Ready", ".status.readyShards", "integer", "Shards that are Ready."),
+                PrinterColumn("Proxies", ".status.proxiesReady", "integer", "Proxy pods that are ready."),
                 PrinterColumn(
                     "Routing-Version",
                     ".status.routingVersion",

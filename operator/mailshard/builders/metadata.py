@@ -30,6 +30,8 @@ COMPONENT_MAIL_ENDPOINT: Final = "mail-endpoint"
 """The `<shard>-master` Service clients and proxies connect to."""
 COMPONENT_CONFIG: Final = "config"
 COMPONENT_CREDENTIALS: Final = "credentials"
+COMPONENT_PROXY: Final = "proxy"
+"""The cluster's proxy tier: Deployment, Service, its ServiceAccount and Role, its disruption budget."""
 COMPONENT_ROUTING: Final = "routing"
 """The cluster's routing table ConfigMap. It carries no shard label: it belongs to the cluster."""
 

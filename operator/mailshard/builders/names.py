@@ -64,3 +64,8 @@ def pod_disruption_budget_name(shard_name: str) -> str:
 def routing_config_map_name(cluster_name: str) -> str:
     """The ConfigMap holding a MailCluster's routing table, which the proxies follow."""
     return f"{cluster_name}-routing"
+
+
+def proxy_name(cluster_name: str) -> str:
+    """The proxy tier of a MailCluster: its Deployment, Service, ServiceAccount, Role, RoleBinding and budget."""
+    return f"{cluster_name}-proxy"

@@ -8,7 +8,7 @@ import kopf
 
 from mailshard.api.constants import GROUP, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
 from mailshard.api.v1alpha1 import VERSION
-from mailshard.builders.metadata import COMPONENT_ROUTING
+from mailshard.builders.metadata import COMPONENT_PROXY, COMPONENT_ROUTING
 from mailshard.handlers.shards import RESYNC_SECONDS
 from mailshard.handlers.support import namespaced
 
@@ -58,5 +58,12 @@ def overrides_changed(type: str, namespace: str | None, name: str, memo: Any, **
 @kopf.on.event("v1", "configmaps", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_ROUTING})
 def routing_table_changed(type: str, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
     # Our own writes echo back here at the cost of a few reads; someone else's edit or deletion is answered at once.
+    if type:
+        memo.platform.clusters.reconcile(namespaced(namespace), labels[LABEL_INSTANCE])
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: COMPONENT_PROXY})
+def proxies_changed(type: str, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    # Proxies becoming ready (status.proxiesReady, the Ready condition), or someone editing or deleting the tier.
     if type:
         memo.platform.clusters.reconcile(namespaced(namespace), labels[LABEL_INSTANCE])

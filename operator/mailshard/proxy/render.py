@@ -97,6 +97,16 @@ class ProxyPorts:
     pop3: int = 110
     lmtp: int = 24
     managesieve: int = 4190
+    imaps: int = 993
+    """IMAP over implicit TLS; only with a certificate."""
+    pop3s: int = 995
+    """POP3 over implicit TLS; only with a certificate."""
+
+
+PROTOCOLS: Final = ("imap", "pop3", "lmtp", "managesieve")
+"""The protocols the proxy can serve, named as in MailCluster `spec.proxy.protocols`."""
+
+_DOVECOT_PROTOCOL: Final = {"imap": "imap", "pop3": "pop3", "lmtp": "lmtp", "managesieve": "sieve"}
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,10 @@ class ProxySettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     instance: str = "mailshard-proxy"
+    protocols: tuple[str, ...] = PROTOCOLS
+    """Which of `PROTOCOLS` to serve; Dovecot starts no listener of the others."""
+    state_dir: Path | None = None
+    """Dovecot's state_dir; unset: its default, /var/lib/dovecot, which only root may write."""
 
 
 def _quote(value: str) -> str:
@@ -136,8 +150,8 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _listener(name: str, port: int) -> list[str]:
-    return [f"  inet_listener {name} {{", f"    port = {port}", "  }"]
+def _listener(name: str, port: int, *, implicit_tls: bool = False) -> list[str]:
+    return [f"  inet_listener {name} {{", f"    port = {port}", *(["    ssl = yes"] if implicit_tls else []), "  }"]
 
 
 def render_proxy(settings: ProxySettings) -> dict[str, str]:
@@ -151,14 +165,19 @@ def render_proxy(settings: ProxySettings) -> dict[str, str]:
     if any(char.isspace() for char in lua_path):
         raise ValueError(f"the configuration directory must not contain whitespace: {lua_path!r}")
     tls = settings.tls_cert is not None and settings.tls_key is not None
+    unknown = sorted(set(settings.protocols) - set(PROTOCOLS))
+    if unknown or not settings.protocols:
+        raise ValueError(f"the proxy serves some of {', '.join(PROTOCOLS)}; not {unknown or 'none'}")
+    served = " ".join(_DOVECOT_PROTOCOL[name] for name in PROTOCOLS if name in settings.protocols)
     lines = [
         "# Rendered by mailshard: the proxy tier. Do not edit.",
         f"instance_name = {_quote(settings.instance)}",
         f"base_dir = {_quote(str(settings.base_dir))}",
+        *([f"state_dir = {_quote(str(settings.state_dir))}"] if settings.state_dir is not None else []),
         "log_path = /dev/stderr",
         "info_log_path = /dev/stderr",
         'log_timestamp = ""',
-        "protocols = imap pop3 lmtp sieve",
+        f"protocols = {served}",
         f"listen = {settings.listen}",
         "shutdown_clients = yes",
         "",
@@ -199,9 +218,13 @@ def render_proxy(settings: ProxySettings) -> dict[str, str]:
     for service in _CHROOTED_SERVICES:
         extra: list[str] = []
         if service == "imap-login":
-            extra = _listener("imap", settings.ports.imap) + _listener("imaps", 0)
+            extra = _listener("imap", settings.ports.imap) + _listener(
+                "imaps", settings.ports.imaps if tls else 0, implicit_tls=tls
+            )
         elif service == "pop3-login":
-            extra = _listener("pop3", settings.ports.pop3) + _listener("pop3s", 0)
+            extra = _listener("pop3", settings.ports.pop3) + _listener(
+                "pop3s", settings.ports.pop3s if tls else 0, implicit_tls=tls
+            )
         elif service == "managesieve-login":
             extra = _listener("sieve", settings.ports.managesieve)
         lines += [f"service {service} {{", "  chroot =", *extra, "}"]

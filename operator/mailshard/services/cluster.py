@@ -1,12 +1,14 @@
-"""Reconciles a MailCluster: its routing table, and its status from its shards and that table.
+"""Reconciles a MailCluster: its routing table, its proxy tier, and its status from its shards, table and proxies.
 
 The cluster is the front of a mail platform; its status answers "are all my
 shards serving, and can every user be routed?" at a glance (`kubectl get mc`).
 Each run publishes the routing table first (`services.routing`), because a
 shard's master changing must reach the proxies within a second, then writes
-the status, which carries the table's version. Every trigger (the cluster's
-spec, any event of one of its shards, its overrides or routing ConfigMap, a
-periodic resync) runs the same level-based reconcile; runs for one cluster are
+the proxy tier (`builders.proxy`: Deployment, Service, the pods' read-only
+identity), then the status, which carries the table's version and how many
+proxies are ready. Every trigger (the cluster's
+spec, any event of one of its shards, its overrides or routing ConfigMap, its
+proxy Deployment, a periodic resync) runs the same level-based reconcile; runs for one cluster are
 serialised and triggers arriving meanwhile coalesce into one more run. Like the
 shard reconciler it writes only what changed.
 """
@@ -14,16 +16,24 @@ shard reconciler it writes only what changed.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Final
 
 import pydantic
+from kubernetes.client.exceptions import ApiException
 
+from mailshard import __version__
 from mailshard.api.v1alpha1 import ConditionStatus, MailCluster, MailClusterStatus
 from mailshard.api.v1alpha1.cluster import ClusterConditionType
 from mailshard.builders.conditions import set_condition
+from mailshard.builders.images import BackendImages
+from mailshard.builders.names import proxy_name
+from mailshard.builders.proxy import build_proxy_manifests
 from mailshard.builders.routing import RoutingGaps
 from mailshard.metrics import OperatorMetrics
+from mailshard.services.children import ChildChanges, ensure_children
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder
 from mailshard.services.kube import KubeApi, Manifest
@@ -44,12 +54,19 @@ class ClusterReconciler:
     """Keeps each MailCluster's routing table and status true to its shards. Safe to call from any thread."""
 
     def __init__(
-        self, api: KubeApi, events: EventRecorder, routing: RoutingPublisher, *, metrics: OperatorMetrics | None = None
+        self,
+        api: KubeApi,
+        events: EventRecorder,
+        routing: RoutingPublisher,
+        *,
+        metrics: OperatorMetrics | None = None,
+        proxy_image: str | None = None,
     ) -> None:
         self.api = api
         self.events = events
         self.routing = routing
         self.metrics = metrics or OperatorMetrics()
+        self.proxy_image = proxy_image or BackendImages.for_version(__version__).dovecot
         self._runs: Coalescer[MailClusterStatus | None] = Coalescer()
 
     def reconcile(self, namespace: str, name: str) -> MailClusterStatus | None:
@@ -89,6 +106,7 @@ class ClusterReconciler:
             )
 
         routing: RoutingOutcome | None = None
+        proxies = _Proxies(wanted=0, ready=previous.proxies_ready or 0)
         try:
             cluster = MailCluster.from_resource(body)
             problem = None
@@ -100,6 +118,7 @@ class ClusterReconciler:
                 self.metrics.routing_version.labels(namespace=namespace, cluster=name).set(routing.version)
             if routing.written_at is not None:
                 self.metrics.routing_updated.labels(namespace=namespace, cluster=name).set(routing.written_at)
+            problem, proxies = self._ensure_proxies(body, cluster)
         if problem is not None:
             put(ClusterConditionType.STALLED, ConditionStatus.TRUE, "InvalidSpec", problem)
             put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Stalled", _WAITING)
@@ -107,20 +126,14 @@ class ClusterReconciler:
             put(ClusterConditionType.READY, ConditionStatus.FALSE, "NoShards", "no MailShard refers to this cluster")
             put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Reconciled", "nothing to do")
         else:
-            all_ready = ready == len(shards)
-            message = f"{ready} of {len(shards)} shards ready"
-            put(ClusterConditionType.READY, _bool(all_ready), "ShardsReady" if all_ready else "ShardsNotReady", message)
-            put(
-                ClusterConditionType.RECONCILING,
-                _bool(not all_ready),
-                "Reconciled" if all_ready else "ShardsNotReady",
-                message,
-            )
+            all_ready, reason, message = _readiness(ready, len(shards), proxies)
+            put(ClusterConditionType.READY, _bool(all_ready), "ShardsReady" if all_ready else reason, message)
+            put(ClusterConditionType.RECONCILING, _bool(not all_ready), "Reconciled" if all_ready else reason, message)
         if routing is not None:
             if routing.problem is not None:
                 put(ClusterConditionType.STALLED, ConditionStatus.TRUE, routing.problem.reason, routing.problem.message)
                 put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Stalled", _WAITING)
-            else:
+            elif problem is None:  # a spec the API refused stays Stalled even though the table went out
                 put(ClusterConditionType.STALLED, ConditionStatus.FALSE, "AsExpected", "making progress")
             if routing.gaps is not None:
                 put(ClusterConditionType.DEGRADED, *_routing_degraded(routing.gaps, shards))
@@ -128,6 +141,7 @@ class ClusterReconciler:
             update={
                 "shards": len(shards),
                 "ready_shards": ready,
+                "proxies_ready": proxies.ready,
                 "routing_version": routing.version
                 if routing is not None and routing.version is not None
                 else previous.routing_version,
@@ -140,6 +154,29 @@ class ClusterReconciler:
         if new != previous.model_dump(mode="json", by_alias=True, exclude_none=True):
             self.api.merge_patch("MailCluster", name, namespace, {"status": new}, subresource="status")
         return status
+
+    def _ensure_proxies(self, body: Manifest, cluster: MailCluster) -> tuple[str | None, _Proxies]:
+        """Create or revert the proxy tier; (a problem for a human, or None; the Deployment's readiness)."""
+        manifests = build_proxy_manifests(cluster, default_image=self.proxy_image)
+        try:
+            changes = ensure_children(self.api, cluster.metadata.namespace, manifests.in_apply_order())
+        except ApiException as exc:
+            if exc.status not in (400, 422):
+                raise
+            # The API refused what the spec asks for (an annotation key it does not accept, say): a spec to fix.
+            return f"the API refused the proxy tier: {_api_message(exc)}", _Proxies(cluster.spec.proxy.replicas, 0)
+        self._report_children(body, changes)
+        deployment = self.api.get("Deployment", proxy_name(cluster.metadata.name), cluster.metadata.namespace) or {}
+        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+        return None, _Proxies(wanted=cluster.spec.proxy.replicas, ready=ready)
+
+    def _report_children(self, body: Manifest, changes: ChildChanges) -> None:
+        if changes.created:
+            self.events.record(body, "Normal", "Created", f"created {', '.join(changes.created)}")
+        if changes.reverted:
+            self.events.record(
+                body, "Normal", "DriftReverted", f"reverted manual changes to {'; '.join(changes.reverted)}"
+            )
 
     def _report(self, body: Manifest, previous: MailClusterStatus, status: MailClusterStatus) -> None:
         """A Warning Event when the cluster becomes Stalled, or Stalled for another reason."""
@@ -179,6 +216,32 @@ def _routing_degraded(gaps: RoutingGaps, shards: list[Manifest]) -> tuple[Condit
     else:
         message = "every slot routes to a live shard"
     return ConditionStatus.FALSE, "AsExpected", message
+
+
+@dataclass(frozen=True)
+class _Proxies:
+    wanted: int
+    ready: int
+
+
+def _readiness(ready: int, total: int, proxies: _Proxies) -> tuple[bool, str, str]:
+    """Ready once every shard is ready and at least one proxy is, when any are asked for; (ready, reason, message)."""
+    message = f"{ready} of {total} shards ready"
+    if proxies.wanted:
+        message += f", {proxies.ready} of {proxies.wanted} proxies ready"
+    if ready < total:
+        return False, "ShardsNotReady", message
+    if proxies.wanted and not proxies.ready:
+        return False, "ProxiesNotReady", message
+    return True, "ShardsReady", message
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason)
 
 
 def _bool(value: bool) -> ConditionStatus:

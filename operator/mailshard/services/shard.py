@@ -45,11 +45,11 @@ from mailshard.builders import (
     compute_shard_status,
     failed_status,
 )
-from mailshard.builders.drift import contains, differences
 from mailshard.builders.names import pod_name, replication_secret_name, volume_claim_name
 from mailshard.failover import FailoverPolicy
 from mailshard.failover.record import RECORD_FIELDS
 from mailshard.metrics import OperatorMetrics, ShardFacts
+from mailshard.services.children import ensure_children
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder, EventType
 from mailshard.services.kube import KubeApi, Manifest, pod_ready
@@ -211,23 +211,9 @@ class ShardReconciler:
 
     def _ensure_children(self, shard: ResolvedShard, master: str) -> tuple[list[str], list[str]]:
         """Apply each child that is missing or differs; returns (created, reverted) descriptions."""
-        created: list[str] = []
-        reverted: list[str] = []
-        for manifest in build_shard_manifests(shard, master=master, images=self.images).in_apply_order():
-            kind, child = manifest["kind"], manifest["metadata"]["name"]
-            live = self.api.get(kind, child, shard.namespace)
-            wanted = manifest
-            if live is not None and kind == "StatefulSet":
-                wanted = _keep_immutable_statefulset_fields(manifest, live)
-            if live is not None and contains(live, wanted):
-                continue
-            if live is None:
-                created.append(f"{kind}/{child}")
-            else:
-                drifted = differences(live, wanted)
-                reverted.append(f"{kind}/{child} ({', '.join(drifted[:3])})")
-            self.api.apply(wanted)
-        return created, reverted
+        manifests = build_shard_manifests(shard, master=master, images=self.images).in_apply_order()
+        changes = ensure_children(self.api, shard.namespace, manifests, keep_live=_keep_immutable_fields)
+        return changes.created, changes.reverted
 
     def _ensure_volume_sizes(self, shard: ResolvedShard) -> None:
         """Grow member claims to the spec's size; volumeClaimTemplates themselves are immutable."""
@@ -432,8 +418,10 @@ def _status_document(status: MailShardStatus) -> dict[str, Any]:
     return document
 
 
-def _keep_immutable_statefulset_fields(wanted: Manifest, live: Manifest) -> Manifest:
-    """Send the live volumeClaimTemplates back unchanged: they are immutable, claims are grown directly."""
+def _keep_immutable_fields(wanted: Manifest, live: Manifest) -> Manifest:
+    """Send a StatefulSet's live volumeClaimTemplates back unchanged: they are immutable, claims are grown directly."""
+    if wanted["kind"] != "StatefulSet":
+        return wanted
     spec = dict(wanted["spec"])
     spec["volumeClaimTemplates"] = live["spec"].get("volumeClaimTemplates", spec.get("volumeClaimTemplates"))
     return {**wanted, "spec": spec}

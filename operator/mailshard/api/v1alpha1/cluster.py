@@ -48,6 +48,27 @@ def _unique_protocols(protocols: tuple[Protocol, ...]) -> tuple[Protocol, ...]:
     return protocols
 
 
+class ServiceType(enum.StrEnum):
+    """How the proxies' Service is exposed (the Kubernetes Service types that make sense for mail)."""
+
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+class ProxyServiceSpec(SpecModel):
+    """The Service `<cluster>-proxy` that clients and MTAs connect to."""
+
+    type: ServiceType = Field(
+        default=ServiceType.CLUSTER_IP,
+        description="ClusterIP (default), NodePort or LoadBalancer.",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Annotations of the Service, e.g. for a load balancer's address pool.",
+    )
+
+
 class ProxySpec(SpecModel):
     """The stateless proxies in front of the shards, routing each user to their shard's master."""
 
@@ -59,9 +80,19 @@ class ProxySpec(SpecModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     image: str | None = Field(
-        default=None, min_length=1, description="Container image of the proxies. Unset: the operator's own."
+        default=None,
+        min_length=1,
+        description=(
+            "Container image of the proxies (Dovecot with dovecot-auth-lua and the mailshard package). "
+            "Unset: the operator's own mailshard/dovecot image."
+        ),
     )
     resources: ResourceRequirements | None = Field(default=None, description="CPU and memory of each proxy.")
+    service: ProxyServiceSpec = Field(
+        default_factory=ProxyServiceSpec,
+        description="The Service in front of the proxies.",
+        json_schema_extra={"default": {}},
+    )
 
 
 class TlsSpec(SpecModel):
