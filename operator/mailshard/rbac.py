@@ -1,8 +1,9 @@
 """The API permissions the operator needs, and nothing more: one source for the Helm chart and the tests.
 
 Each rule says why it is there. No wildcard verbs or resources. Secrets are
-created (the replication credentials) and read back by name only, never
-listed or watched, so the operator cannot read every Secret in the cluster.
+created (the replication credentials, each shard's users) and read by name
+only (those, and the users Secrets a MailCluster names), never listed or
+watched, so the operator cannot read every Secret in the cluster.
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ RULES: Final[tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...]] = (
         "the proxies may read their routing ConfigMap and nothing else (a Role with resourceNames)",
     ),
     ("", ("services", "configmaps"), MANAGE, "member and master Services, the runtime ConfigMap"),
-    ("", ("secrets",), ("get", "create"), "the replication Secret: created once, read back by name, never listed"),
+    (
+        "",
+        ("secrets",),
+        ("get", "create", "patch"),
+        "the replication Secret (created once), each shard's users Secret (kept current); by name, never listed",
+    ),
     (
         "",
         ("pods",),

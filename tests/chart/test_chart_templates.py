@@ -132,9 +132,10 @@ def test_no_wildcard_anywhere_in_the_rules(default: list[Manifest]) -> None:
         assert "nonResourceURLs" not in rule
 
 
-def test_secrets_are_only_read_by_name_and_created(default: list[Manifest]) -> None:
+def test_secrets_are_only_read_by_name_created_and_patched(default: list[Manifest]) -> None:
+    # Never list or watch: the operator reads the Secrets the specs name, and writes its own.
     rules = [r for r in only(default, "ClusterRole")["rules"] if "secrets" in r["resources"]]
-    assert rules == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}]
+    assert rules == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]}]
 
 
 # --- CRDs ----------------------------------------------------------------------------------------

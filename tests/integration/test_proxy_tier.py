@@ -11,16 +11,23 @@ lines are run as real processes by the mail tier (`mailshard_harness.local_proxy
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
+import struct
 import threading
+import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from operator_support import REPO, eventually, kubectl
 
 from mailshard.api import proxy_pod
-from mailshard.api.routing import TABLE_KEY, parse_table
+from mailshard.api.routing import TABLE_KEY, RoutingTable, ShardRoute, ShardState, parse_table, render_table
 from mailshard.proxy.sidecar import watch
 from mailshard_harness.identity import service_account_kubeconfig
 
@@ -59,12 +66,15 @@ def test_a_cluster_gets_its_proxy_tier_and_counts_ready_proxies(
     assert deployment.spec.replicas == 2
     assert deployment.metadata.owner_references[0].kind == "MailCluster"
     assert [c.name for c in deployment.spec.template.spec.containers] == ["proxy", "routing"]
-    service = core.read_namespaced_service(PROXY, namespace)
+    # One run creates the children in turn; the Service may come a moment after the Deployment.
+    service = eventually(lambda: _get(core.read_namespaced_service, namespace), what="the proxy Service")
     assert {p.name: p.port for p in service.spec.ports} == {"imap": 143, "pop3": 110, "lmtp": 24, "managesieve": 4190}
     assert core.read_namespaced_service_account(PROXY, namespace).metadata.owner_references[0].name == "demo"
-    assert (
-        client.PolicyV1Api(api_client).read_namespaced_pod_disruption_budget(PROXY, namespace).spec.max_unavailable == 1
+    budget = eventually(
+        lambda: _get(client.PolicyV1Api(api_client).read_namespaced_pod_disruption_budget, namespace),
+        what="the proxy budget",
     )
+    assert budget.spec.max_unavailable == 1
 
     def ready() -> dict[str, Any] | None:
         status = cluster_status(api_client, namespace)
@@ -169,22 +179,7 @@ def test_the_proxies_identity_reads_its_routing_table_and_nothing_else(
     assert not allowed("list", "pods")
 
     # The real sidecar, authenticated as the proxies' ServiceAccount, follows the table into a route file.
-    routes = proxy_pod.routes_file(tmp_path)
-    routes.parent.mkdir(parents=True)
-    stop = threading.Event()
-    sidecar = threading.Thread(
-        target=watch,
-        kwargs={
-            "cluster": "demo",
-            "namespace": namespace,
-            "routes_file": routes,
-            "doveadm": lambda args: "",  # no proxy process here: nobody to kick
-            "kubeconfig": str(identity),
-            "stop": stop.is_set,
-        },
-        daemon=True,
-    )
-    sidecar.start()
+    routes, stop = start_sidecar("demo", namespace, identity, tmp_path)
     try:
         version = parse_table(core.read_namespaced_config_map("demo-routing", namespace).data[TABLE_KEY]).version
         text = eventually(
@@ -196,6 +191,26 @@ def test_the_proxies_identity_reads_its_routing_table_and_nothing_else(
         stop.set()
 
 
+def start_sidecar(cluster: str, namespace: str, kubeconfig: Path, tmp_path: Path) -> tuple[Path, threading.Event]:
+    """The real routing sidecar in a thread, following `<cluster>-routing` into a route file; (file, stop)."""
+    routes = proxy_pod.routes_file(tmp_path)
+    routes.parent.mkdir(parents=True)
+    stop = threading.Event()
+    threading.Thread(
+        target=watch,
+        kwargs={
+            "cluster": cluster,
+            "namespace": namespace,
+            "routes_file": routes,
+            "doveadm": lambda args: "",  # no proxy process here: nobody to kick
+            "kubeconfig": str(kubeconfig),
+            "stop": stop.is_set,
+        },
+        daemon=True,
+    ).start()
+    return routes, stop
+
+
 def _get(read: Any, namespace: str, name: str = PROXY) -> Any:
     try:
         return read(name, namespace)
@@ -203,3 +218,123 @@ def _get(read: Any, namespace: str, name: str = PROXY) -> Any:
         if exc.status == 404:
             return None
         raise
+
+
+def serving(host: str) -> ShardRoute:
+    return ShardRoute(state=ShardState.SERVING, master="m", master_host=host)
+
+
+class Relay:
+    """A TCP relay to the API server that can be cut (every connection dropped, new ones reset) and restored.
+
+    The listener stays bound while cut: a freed port could be taken by a client's
+    own ephemeral port (the sidecar keeps retrying it) and then not be bindable again.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._open = True
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._open = True
+
+    def cut(self) -> None:
+        with self._lock:
+            self._open = False
+            for sock in self._connections:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._connections.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if not self._open:
+                    # Reset at once, as a peer that is gone would.
+                    near.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    near.close()
+                    continue
+            far = socket.create_connection(self.target)
+            with self._lock:
+                self._connections += [near, far]
+            for one, other in ((near, far), (far, near)):
+                threading.Thread(target=self._pipe, args=(one, other), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def test_the_sidecar_keeps_its_last_table_while_the_api_is_away_and_catches_up(
+    api_client: client.ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    core = client.CoreV1Api(api_client)
+    # A table no MailCluster owns (the operator leaves it alone), so the test alone writes it.
+    table = RoutingTable(
+        version=1,
+        slots=("s",) * 4,
+        shards={"s": ShardRoute(state=ShardState.SERVING, master="m", master_host="host-1")},
+    )
+    config_map = {"metadata": {"name": "lone-routing"}, "data": {TABLE_KEY: render_table(table)}}
+    core.create_namespaced_config_map(namespace, config_map)
+    admin = yaml.safe_load(kubeconfig.read_text())
+    server = urllib.parse.urlsplit(admin["clusters"][0]["cluster"]["server"])
+    relay = Relay((server.hostname or "127.0.0.1", server.port or 443))
+    admin["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{relay.port}"
+    relayed = tmp_path / "relayed.kubeconfig"
+    relayed.write_text(yaml.safe_dump(admin))
+    caplog.set_level(logging.WARNING, logger="mailshard.proxy")
+    routes, stop = start_sidecar("lone", namespace, relayed, tmp_path)
+
+    def route_version() -> int | None:
+        if not routes.exists():
+            return None
+        return next(int(line.split()[1]) for line in routes.read_text().splitlines() if line.startswith("version "))
+
+    try:
+        eventually(lambda: route_version() == 1 or None, timeout=30, what="the first table")
+        relay.cut()
+        moved = RoutingTable(
+            version=2,
+            slots=table.slots,
+            shards={"s": ShardRoute(state=ShardState.SERVING, master="m", master_host="host-2")},
+        )
+        core.replace_namespaced_config_map(
+            "lone-routing", namespace, {**config_map, "data": {TABLE_KEY: render_table(moved)}}
+        )
+        warned = eventually(
+            lambda: [r.getMessage() for r in caplog.records if "keeping table version 1" in r.getMessage()] or None,
+            timeout=30,
+            what="a warning that the sidecar keeps table version 1",
+        )
+        assert route_version() == 1, warned  # the last good table keeps routing while the API is away
+        assert "host-1" in routes.read_text()
+        relay.restore()
+        started = time.monotonic()
+        eventually(lambda: route_version() == 2 or None, timeout=30, what="the table written while away")
+        print(f"API back → the missed table applied in {time.monotonic() - started:.1f} s")
+        assert "host-2" in routes.read_text()
+    finally:
+        stop.set()
+        relay.close()

@@ -417,3 +417,12 @@ def proxy(dovecot_installed: None, request: pytest.FixtureRequest) -> Iterator[P
     started.stop()
     request.node.add_report_section("teardown", "proxy log", started.log_tail())
     shutil.rmtree(root, ignore_errors=True)
+
+
+def cyrus_root() -> Path:
+    """Where ``.ci/install-cyrus-prefix`` extracts Cyrus (the same defaults as the script)."""
+    if os.environ.get("MAILSHARD_CYRUS_ROOT"):
+        return Path(os.environ["MAILSHARD_CYRUS_ROOT"])
+    if os.geteuid() == 0:
+        return Path("/var/cache/mailshard/cyrus-root")
+    return Path.home() / ".cache/mailshard/cyrus-root"

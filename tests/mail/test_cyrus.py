@@ -17,14 +17,12 @@ each side is read over IMAP while it is the master:
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import mailtools
 import pytest
-from mail_support import Member, Pair, PairFactory, converged, port_open
+from mail_support import Member, Pair, PairFactory, converged, cyrus_root, port_open
 
 pytestmark = pytest.mark.mail
 
@@ -33,15 +31,6 @@ Snapshot = dict[str, mailtools.MailboxSnapshot]
 
 USERS = 50
 PER_USER = 20  # 50 x 20 = 1,000 messages
-
-
-def cyrus_root() -> Path:
-    """Where ``.ci/install-cyrus-prefix`` extracts Cyrus (the same defaults as the script)."""
-    if os.environ.get("MAILSHARD_CYRUS_ROOT"):
-        return Path(os.environ["MAILSHARD_CYRUS_ROOT"])
-    if os.geteuid() == 0:
-        return Path("/var/cache/mailshard/cyrus-root")
-    return Path.home() / ".cache/mailshard/cyrus-root"
 
 
 @pytest.fixture

@@ -35,10 +35,10 @@ Do not edit: change operator/mailshard/rbac.py and regenerate.
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# the replication Secret: created once, read back by name, never listed
+# the replication Secret (created once), each shard's users Secret (kept current); by name, never listed
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "patch"]
 # member readiness; role labels; fencing a dead master
 - apiGroups: [""]
   resources: ["pods"]

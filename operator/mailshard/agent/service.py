@@ -170,6 +170,8 @@ class Agent:
         self.tracker = LagTracker()
         self.journal = DeliveryJournal(data / "journal")
         self.front: JournalingFront | None = None
+        self._users_seen: tuple[int, int] | None = None
+        """The users file's (mtime, size) when the Cyrus user database was last built from it."""
         self.front_error: str | None = None
         self.replay_error: str | None = None
         self.mailboxes_from: float | None = None
@@ -354,10 +356,29 @@ class Agent:
             tmp.replace(path)
         log.info("rendered %s for mode %s", ", ".join(sorted(files)), self.member.mode)
 
+    def _users_stamp(self) -> tuple[int, int] | None:
+        if self.config is None:
+            return None
+        try:
+            stat = self.config.users_file.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    async def _follow_users(self) -> None:
+        """Cyrus: rebuild the sasldb and provision INBOXes when the users file changed (the operator updates the
+        shard's users Secret in place). Dovecot needs nothing: its passwd-file is re-read when it changes."""
+        if self.backend is not Backend.CYRUS or self._users_seen == self._users_stamp():
+            return
+        log.info("the users file changed: rebuilding the user database")
+        await self._write_users()
+        self.provisioned = False
+
     async def _write_users(self) -> None:
         """Cyrus only: (re)build the sasldb from the users file, plus the replication admin."""
         if self.backend is not Backend.CYRUS or self.config is None or self.doveadm_password is None:
             return
+        self._users_seen = self._users_stamp()
         try:
             users = sasl_users(self.config.users_file.read_text(encoding="utf-8"))
             await self.cyrus.write_sasldb(self.paths.conf_dir / SASLDB_FILE, users, {SYNC_ADMIN: self.doveadm_password})
@@ -729,6 +750,7 @@ class Agent:
         while not self._stopping.is_set():
             try:
                 async with self._lock:
+                    await self._follow_users()
                     await self._observe()
             except Exception:  # one bad poll must not end observation
                 log.exception("observation failed")

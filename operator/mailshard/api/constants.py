@@ -88,6 +88,11 @@ SHARD_CONFIG_KEY: Final = "shard.json"
 """The ConfigMap key, and file name under CONFIG_DIR, of the agent's runtime config."""
 SHARD_CONFIG_FILE: Final = f"{CONFIG_DIR}/{SHARD_CONFIG_KEY}"
 
+USERS_DIR: Final = "/etc/mailshard/users"
+"""Where a member mounts its shard's `<shard>-users` Secret."""
+USERS_SECRET_KEY: Final = "passwd"
+"""The key of that Secret (passwd-file lines), and the file name under USERS_DIR."""
+
 SECRETS_DIR: Final = "/etc/mailshard/secrets"
 REPLICATION_PASSWORD_KEY: Final = "replication-password"
 AGENT_TOKEN_KEY: Final = "agent-token"

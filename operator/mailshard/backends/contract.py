@@ -17,13 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from mailshard.api.constants import DATA_PATH, ENV_CONFIG_FILE, ENV_INITIAL_ROLE, ENV_MEMBER
+from mailshard.api.constants import (
+    DATA_PATH,
+    ENV_CONFIG_FILE,
+    ENV_INITIAL_ROLE,
+    ENV_MEMBER,
+    USERS_DIR,
+    USERS_SECRET_KEY,
+)
 from mailshard.api.enums import Compression
 from mailshard.api.runtime import ShardRuntimeConfig
 from mailshard.backends.config import Backend, MemberRuntimeConfig, Peer, Ports, Role
 
 ENV_USERS_FILE: Final = "MAILSHARD_USERS_FILE"
-DEFAULT_USERS_FILE: Final = Path("/etc/mailshard/users/passwd")
+DEFAULT_USERS_FILE: Final = Path(USERS_DIR) / USERS_SECRET_KEY
 
 
 class ContractError(ValueError):

@@ -36,27 +36,48 @@ COMPONENT_ROUTING: Final = "routing"
 """The cluster's routing table ConfigMap. It carries no shard label: it belongs to the cluster."""
 
 
-def standard_labels(shard: ResolvedShard, component: str) -> dict[str, str]:
-    """The recommended `app.kubernetes.io/*` labels plus the shard label."""
+def _shard_labels(shard_name: str, part_of: str, component: str) -> dict[str, str]:
     return {
         LABEL_NAME: APP_NAME,
-        LABEL_INSTANCE: shard.name,
+        LABEL_INSTANCE: shard_name,
         LABEL_COMPONENT: component,
-        LABEL_PART_OF: shard.part_of,
+        LABEL_PART_OF: part_of,
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_SHARD: shard.name,
+        LABEL_SHARD: shard_name,
     }
+
+
+def _shard_owner(shard_name: str, shard_uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": shard_name,
+        "uid": shard_uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def standard_labels(shard: ResolvedShard, component: str) -> dict[str, str]:
+    """The recommended `app.kubernetes.io/*` labels plus the shard label."""
+    return _shard_labels(shard.name, shard.part_of, component)
 
 
 def owner_reference(shard: ResolvedShard) -> dict[str, Any]:
     """Makes the MailShard the controller of an object, so deleting the shard deletes it."""
+    return _shard_owner(shard.name, shard.uid)
+
+
+def shard_object_metadata(
+    *, name: str, namespace: str, shard_name: str, shard_uid: str, part_of: str, component: str
+) -> dict[str, Any]:
+    """`metadata` of an object owned by a shard that someone else than the shard's reconciler writes
+    (the cluster reconciler writes each shard's users), from the shard's name and uid alone."""
     return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": shard.name,
-        "uid": shard.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
+        "name": name,
+        "namespace": namespace,
+        "labels": _shard_labels(shard_name, part_of, component),
+        "ownerReferences": [_shard_owner(shard_name, shard_uid)],
     }
 
 

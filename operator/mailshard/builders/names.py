@@ -69,3 +69,8 @@ def routing_config_map_name(cluster_name: str) -> str:
 def proxy_name(cluster_name: str) -> str:
     """The proxy tier of a MailCluster: its Deployment, Service, ServiceAccount, Role, RoleBinding and budget."""
     return f"{cluster_name}-proxy"
+
+
+def users_secret_name(shard_name: str) -> str:
+    """The shard's own users (passwd-file lines), cut from the cluster's users by the routing table."""
+    return f"{shard_name}-users"

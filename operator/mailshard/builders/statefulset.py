@@ -34,6 +34,7 @@ from mailshard.api.constants import (
     PORT_NAME_AGENT,
     SECRETS_DIR,
     SHARD_CONFIG_FILE,
+    USERS_DIR,
 )
 from mailshard.api.v1alpha1 import MemberRole, ReclaimPolicy, ResolvedShard
 from mailshard.builders.affinity import merge_affinity
@@ -46,12 +47,14 @@ from mailshard.builders.names import (
     member_service_name,
     replication_secret_name,
     statefulset_name,
+    users_secret_name,
 )
 from mailshard.builders.ports import member_container_ports
 from mailshard.builders.runtime_config import build_runtime_config, runtime_config_hash
 
 CONFIG_VOLUME: Final = "config"
 SECRETS_VOLUME: Final = "secrets"
+USERS_VOLUME: Final = "users"
 
 TERMINATION_GRACE_SECONDS: Final = 60
 """Time for the backend to finish in-flight deliveries and flush its indexes before it is killed."""
@@ -145,6 +148,17 @@ def _pod_spec(shard: ResolvedShard, member: str, images: BackendImages) -> dict[
                 "name": SECRETS_VOLUME,
                 "secret": {"secretName": replication_secret_name(shard.name), "defaultMode": SECRET_FILE_MODE},
             },
+            {
+                "name": USERS_VOLUME,
+                # Written by the cluster's reconciler once the shard has a row in the routing table, and
+                # updated in place (the kubelet refreshes it; Dovecot re-reads a passwd-file that changed).
+                # Optional, so a member starts before it exists: with no users it serves nobody.
+                "secret": {
+                    "secretName": users_secret_name(shard.name),
+                    "defaultMode": SECRET_FILE_MODE,
+                    "optional": True,
+                },
+            },
         ],
     }
     if placement.node_selector:
@@ -185,6 +199,7 @@ def _mail_container(shard: ResolvedShard, member: str, images: BackendImages) ->
             {"name": MAIL_VOLUME, "mountPath": DATA_PATH},
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": SECRETS_VOLUME, "mountPath": SECRETS_DIR, "readOnly": True},
+            {"name": USERS_VOLUME, "mountPath": USERS_DIR, "readOnly": True},
         ],
     }
     resources = shard.spec.resources.to_manifest()

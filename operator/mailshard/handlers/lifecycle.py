@@ -27,6 +27,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Events are ours to post on transitions (services.events); kopf only reports handler failures.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 16
+    # kopf's defaults retry a failed handler after 60 s and re-check a timer or daemon still
+    # exiting after 60 s more, which holds a deleted MailShard's finalizer for minutes; a
+    # handler error here is a transient API error, and our timers finish within a second.
+    settings.execution.default_backoff = 5
+    settings.background.cancellation_polling = 2
+    settings.background.instant_exit_timeout = 0.2
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     metrics = OperatorMetrics()

@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from mailshard import __version__
 from mailshard.api.v1alpha1 import ConditionStatus, MailCluster, MailClusterStatus
 from mailshard.api.v1alpha1.cluster import ClusterConditionType
+from mailshard.builders import Problem
 from mailshard.builders.conditions import set_condition
 from mailshard.builders.images import BackendImages
 from mailshard.builders.names import proxy_name
@@ -39,6 +40,7 @@ from mailshard.services.events import EventRecorder
 from mailshard.services.kube import KubeApi, Manifest
 from mailshard.services.measured import measured
 from mailshard.services.routing import RoutingOutcome, RoutingPublisher
+from mailshard.services.users import UsersDistributor, UsersOutcome
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class ClusterReconciler:
         self.routing = routing
         self.metrics = metrics or OperatorMetrics()
         self.proxy_image = proxy_image or BackendImages.for_version(__version__).dovecot
+        self.users = UsersDistributor(api)
         self._runs: Coalescer[MailClusterStatus | None] = Coalescer()
 
     def reconcile(self, namespace: str, name: str) -> MailClusterStatus | None:
@@ -105,22 +108,18 @@ class ClusterReconciler:
                 now=now,
             )
 
-        routing: RoutingOutcome | None = None
-        proxies = _Proxies(wanted=0, ready=previous.proxies_ready or 0)
         try:
             cluster = MailCluster.from_resource(body)
-            problem = None
         except pydantic.ValidationError as error:
-            problem = str(error.errors()[0]["msg"])
+            acted = _Acted(
+                proxies=_Proxies(0, previous.proxies_ready or 0),
+                problem=Problem("InvalidSpec", str(error.errors()[0]["msg"])),
+            )
         else:
-            routing = self.routing.publish(body, cluster, shards)
-            if routing.version is not None:
-                self.metrics.routing_version.labels(namespace=namespace, cluster=name).set(routing.version)
-            if routing.written_at is not None:
-                self.metrics.routing_updated.labels(namespace=namespace, cluster=name).set(routing.written_at)
-            problem, proxies = self._ensure_proxies(body, cluster)
-        if problem is not None:
-            put(ClusterConditionType.STALLED, ConditionStatus.TRUE, "InvalidSpec", problem)
+            acted = self._act(body, cluster, shards)
+        routing, users, proxies = acted.routing, acted.users, acted.proxies
+        if acted.problem is not None:
+            put(ClusterConditionType.STALLED, ConditionStatus.TRUE, acted.problem.reason, acted.problem.message)
             put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Stalled", _WAITING)
         elif not shards:
             put(ClusterConditionType.READY, ConditionStatus.FALSE, "NoShards", "no MailShard refers to this cluster")
@@ -133,7 +132,7 @@ class ClusterReconciler:
             if routing.problem is not None:
                 put(ClusterConditionType.STALLED, ConditionStatus.TRUE, routing.problem.reason, routing.problem.message)
                 put(ClusterConditionType.RECONCILING, ConditionStatus.FALSE, "Stalled", _WAITING)
-            elif problem is None:  # a spec the API refused stays Stalled even though the table went out
+            elif acted.problem is None:  # a problem above stays Stalled even though the table went out
                 put(ClusterConditionType.STALLED, ConditionStatus.FALSE, "AsExpected", "making progress")
             if routing.gaps is not None:
                 put(ClusterConditionType.DEGRADED, *_routing_degraded(routing.gaps, shards))
@@ -142,6 +141,7 @@ class ClusterReconciler:
                 "shards": len(shards),
                 "ready_shards": ready,
                 "proxies_ready": proxies.ready,
+                "users": users.users if users is not None and users.problem is None else previous.users,
                 "routing_version": routing.version
                 if routing is not None and routing.version is not None
                 else previous.routing_version,
@@ -154,6 +154,37 @@ class ClusterReconciler:
         if new != previous.model_dump(mode="json", by_alias=True, exclude_none=True):
             self.api.merge_patch("MailCluster", name, namespace, {"status": new}, subresource="status")
         return status
+
+    def _act(self, body: Manifest, cluster: MailCluster, shards: list[Manifest]) -> _Acted:
+        """Publish the routing table, then give the shards their users, then keep the proxy tier."""
+        namespace, name = cluster.metadata.namespace, cluster.metadata.name
+        routing = self.routing.publish(body, cluster, shards)
+        if routing.version is not None:
+            self.metrics.routing_version.labels(namespace=namespace, cluster=name).set(routing.version)
+        if routing.written_at is not None:
+            self.metrics.routing_updated.labels(namespace=namespace, cluster=name).set(routing.written_at)
+        users = self._distribute_users(body, cluster, routing, shards)
+        refused, proxies = self._ensure_proxies(body, cluster)
+        problem = Problem("InvalidSpec", refused) if refused is not None else users.problem if users else None
+        return _Acted(proxies=proxies, routing=routing, users=users, problem=problem)
+
+    def _distribute_users(
+        self, body: Manifest, cluster: MailCluster, routing: RoutingOutcome, shards: list[Manifest]
+    ) -> UsersOutcome | None:
+        if routing.table is None:
+            return None
+        outcome = self.users.distribute(cluster, routing.table, shards)
+        if outcome is not None and outcome.written:
+            self.events.record(
+                body,
+                "Normal",
+                "UsersDistributed",
+                f"{outcome.users} users; updated the users of {', '.join(outcome.written)}"
+                + (f"; {outcome.unrouted} wait for their slot to get a shard" if outcome.unrouted else ""),
+            )
+            for warning in outcome.warnings:
+                self.events.record(body, "Warning", "UsersSkipped", warning)
+        return outcome
 
     def _ensure_proxies(self, body: Manifest, cluster: MailCluster) -> tuple[str | None, _Proxies]:
         """Create or revert the proxy tier; (a problem for a human, or None; the Deployment's readiness)."""
@@ -222,6 +253,16 @@ def _routing_degraded(gaps: RoutingGaps, shards: list[Manifest]) -> tuple[Condit
 class _Proxies:
     wanted: int
     ready: int
+
+
+@dataclass(frozen=True)
+class _Acted:
+    """What one run did to the cluster's children, and what a human must fix (a Stalled reason), if anything."""
+
+    proxies: _Proxies
+    routing: RoutingOutcome | None = None
+    users: UsersOutcome | None = None
+    problem: Problem | None = None
 
 
 def _readiness(ready: int, total: int, proxies: _Proxies) -> tuple[bool, str, str]:

@@ -70,6 +70,8 @@ class RoutingOutcome:
     """Something only a human can fix: an unusable table, or overrides that cannot be read."""
     written_at: float | None = None
     """When the live table was last written (Unix time), for the table's age; None when unknown."""
+    table: RoutingTable | None = None
+    """The table in force after this run; None when no table could be read or made."""
 
 
 class RoutingConflictError(RuntimeError):
@@ -129,7 +131,11 @@ class RoutingPublisher:
             self._report(body, plan)
         written_at = time.time() if plan.publish else _last_written(live)
         return RoutingOutcome(
-            version=plan.table.version, gaps=plan.gaps, problem=overrides_problem, written_at=written_at
+            version=plan.table.version,
+            gaps=plan.gaps,
+            problem=overrides_problem,
+            written_at=written_at,
+            table=plan.table,
         )
 
     def _write(self, cluster: MailCluster, table: RoutingTable, live: Manifest | None) -> bool:

@@ -132,6 +132,45 @@ class RoutingSpec(SpecModel):
 
 _OBJECT_DEFAULT: Final[JsonSchema] = {"default": {}}
 
+USERS_KEY_PATTERN: Final = r"^[-._a-zA-Z0-9]+$"
+"""A Secret data key."""
+
+
+SecretName = Annotated[
+    str,
+    Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+]
+
+
+def _unique_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(names)) != len(names):
+        raise ValueError(f"users.secretNames lists a Secret twice: {list(names)}")
+    return names
+
+
+class UsersSpec(SpecModel):
+    """Where the cluster's mail users come from: Dovecot passwd-file lines kept in Secrets.
+
+    The operator reads these Secrets, routes each user through the routing
+    table, and gives each shard a Secret `<shard>-users` with its own users only,
+    which its members read as their passdb/userdb (and the replicator iterates).
+    A Secret holds at most 1 MiB, about 8,000 users with hashed passwords: list
+    several to hold more.
+    """
+
+    secret_names: Annotated[tuple[SecretName, ...], AfterValidator(_unique_names)] = Field(
+        min_length=1,
+        max_length=64,
+        description=(
+            "Secrets in the cluster's namespace, each holding passwd-file lines "
+            "(`user:{SCHEME}hash::::::`) under `key`. A user listed twice keeps its first line."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
+    key: str = Field(
+        default="passwd", min_length=1, max_length=253, pattern=USERS_KEY_PATTERN, description="The data key."
+    )
+
 
 class MailClusterSpec(SpecModel):
     """The desired state of a mail cluster."""
@@ -140,6 +179,10 @@ class MailClusterSpec(SpecModel):
         default_factory=ProxySpec, description="The client-facing proxies.", json_schema_extra=_OBJECT_DEFAULT
     )
     tls: TlsSpec | None = Field(default=None, description="TLS of the proxies.")
+    users: UsersSpec | None = Field(
+        default=None,
+        description="The mail users, given to each shard as its own `<shard>-users` Secret. Unset: none.",
+    )
     routing: RoutingSpec = Field(
         default_factory=RoutingSpec, description="User-to-shard routing.", json_schema_extra=_OBJECT_DEFAULT
     )
@@ -168,6 +211,9 @@ class MailClusterStatus(StatusModel):
         default=None, ge=0, description="Increments every time the routing table the proxies use changes."
     )
     proxies_ready: int | None = Field(default=None, ge=0, description="Proxy pods that are ready.")
+    users: int | None = Field(
+        default=None, ge=0, description="Users read from spec.users' Secrets and given to the shards they route to."
+    )
     conditions: tuple[Condition, ...] = Field(
         default=(), description="Ready, Degraded, Reconciling and Stalled.", json_schema_extra=CONDITIONS_LIST
     )
