@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import pydantic
 import pytest
 from unit_support import IMAGES, resolved_shard
 
@@ -230,3 +231,17 @@ def test_builders_do_not_mutate_the_users_placement() -> None:
         member_anti_affinity_term(shard.name)
         not in affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     )
+
+
+def test_preferred_spreading_reaches_both_statefulsets_as_a_preference() -> None:
+    shard = resolved_shard(placement={"podAntiAffinityType": "preferred"})
+    term = member_anti_affinity_term(shard.name)
+    for member in shard.members:
+        statefulset = build_member_statefulset(shard, member, master=shard.members[0], images=IMAGES)
+        anti = statefulset["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        assert anti == {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}
+
+
+def test_an_unknown_anti_affinity_type_is_refused_at_the_boundary() -> None:
+    with pytest.raises(pydantic.ValidationError, match="required"):
+        resolved_shard(placement={"podAntiAffinityType": "sometimes"})

@@ -175,6 +175,26 @@ def test_cluster_resources_apply_when_the_shard_sets_none() -> None:
 
 
 @pytest.mark.parametrize(
+    ("cluster_default", "own", "expected"),
+    [
+        (None, None, "required"),
+        ("preferred", None, "preferred"),
+        ("preferred", "required", "required"),
+        (None, "preferred", "preferred"),
+    ],
+)
+def test_anti_affinity_type_comes_from_the_shard_else_the_cluster_else_required(
+    cluster_default: str | None, own: str | None, expected: str
+) -> None:
+    defaults = ShardDefaults.model_validate({"podAntiAffinityType": cluster_default} if cluster_default else {})
+    placement = {"placement": {"podAntiAffinityType": own, "nodeSelector": {"disk": "ssd"}}} if own else {}
+    resolved = parse_shard(**placement).resolve(defaults).spec.placement
+    assert resolved.pod_anti_affinity_type == expected
+    if own:
+        assert resolved.node_selector == {"disk": "ssd"}
+
+
+@pytest.mark.parametrize(
     ("settings", "overrides"),
     [
         (CapacitySettings, CapacityOverrides),

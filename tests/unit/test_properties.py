@@ -107,6 +107,24 @@ def test_members_can_never_share_a_node(user: dict[str, Any] | None, name: str) 
             assert merged["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == preferred
 
 
+REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+
+
+@settings(max_examples=300, database=None)
+@given(user=user_affinities, name=shard_names)
+def test_preferred_spreading_is_the_heaviest_preference_and_never_a_requirement(
+    user: dict[str, Any] | None, name: str
+) -> None:
+    merged = merge_affinity(user, name, required=False)
+    anti = merged["podAntiAffinity"]
+    term = member_anti_affinity_term(name)
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"].count({"weight": 100, "podAffinityTerm": term}) == 1
+    # The requirements stay exactly the user's own: the operator adds none.
+    user_anti = (user or {}).get("podAntiAffinity")
+    user_required = user_anti.get(REQUIRED) if isinstance(user_anti, dict) else None
+    assert anti.get(REQUIRED) == user_required
+
+
 @settings(max_examples=50, database=None)
 @given(user=user_affinities.filter(lambda a: a is None or isinstance(a, dict)))
 def test_both_statefulsets_carry_the_anti_affinity_whatever_the_placement(user: dict[str, Any] | None) -> None:

@@ -36,7 +36,7 @@ from mailshard.api.constants import (
     SHARD_CONFIG_FILE,
     USERS_DIR,
 )
-from mailshard.api.v1alpha1 import MemberRole, ReclaimPolicy, ResolvedShard
+from mailshard.api.v1alpha1 import MemberRole, PodAntiAffinityType, ReclaimPolicy, ResolvedShard
 from mailshard.builders.affinity import merge_affinity
 from mailshard.builders.images import BackendImages
 from mailshard.builders.metadata import COMPONENT_MAIL_STORE, object_metadata, standard_labels
@@ -121,7 +121,12 @@ def build_member_statefulset(
 def _pod_spec(shard: ResolvedShard, member: str, images: BackendImages) -> dict[str, Any]:
     placement = shard.spec.placement
     spec: dict[str, Any] = {
-        "affinity": merge_affinity(placement.affinity, shard.name),
+        "affinity": merge_affinity(
+            placement.affinity,
+            shard.name,
+            # Anything but an explicit `preferred` keeps the members apart for sure.
+            required=placement.pod_anti_affinity_type is not PodAntiAffinityType.PREFERRED,
+        ),
         # The agent gets everything from shard.json and from the operator's calls:
         # a mail server has no use for Kubernetes API credentials.
         "automountServiceAccountToken": False,

@@ -41,6 +41,13 @@ RESERVED_PORTS: Final = (LMTP_PORT, POP3_PORT, IMAP_PORT, MANAGESIEVE_PORT, AGEN
 """Ports the pod already uses, which the replication listener must not take."""
 
 
+class PodAntiAffinityType(enum.StrEnum):
+    """How firmly the two members of a shard are kept on different nodes."""
+
+    REQUIRED = "required"
+    PREFERRED = "preferred"
+
+
 class ReclaimPolicy(enum.StrEnum):
     """What happens to a shard's volumes when the MailShard is deleted."""
 
@@ -133,6 +140,12 @@ _COMPRESSION = (
     "Compression of message files at rest: none, or zlib (gzip). It applies to messages written "
     "after the change; existing files stay as they are and remain readable."
 )
+_POD_ANTI_AFFINITY_TYPE = (
+    "How firmly the two members are kept on different nodes. required: never on one node, so a member "
+    "waits Pending until a second node fits. preferred: the scheduler spreads them when it can and puts "
+    "both on one node when it cannot, as on a single-node development or test cluster; then one node "
+    "failure takes the whole shard."
+)
 _RESOURCES = (
     "CPU and memory of the mail container in each member, as in a Pod. A shard's own value replaces "
     "the cluster's default as a whole."
@@ -196,6 +209,9 @@ class ShardDefaults(SpecModel):
         default_factory=FailoverSettings, description="Default failover settings.", json_schema_extra=_OBJECT_DEFAULT
     )
     compression: Compression = Field(default=Compression.NONE, description=_COMPRESSION)
+    pod_anti_affinity_type: PodAntiAffinityType = Field(
+        default=PodAntiAffinityType.REQUIRED, description=_POD_ANTI_AFFINITY_TYPE
+    )
 
 
 # --- Overrides: MailShard.spec ------------------------------------------------------------------

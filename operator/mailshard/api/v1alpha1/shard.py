@@ -34,6 +34,7 @@ from mailshard.api.v1alpha1.settings import (
     CapacitySettings,
     FailoverOverrides,
     FailoverSettings,
+    PodAntiAffinityType,
     ReplicationOverrides,
     ReplicationSettings,
     ShardDefaults,
@@ -66,9 +67,10 @@ class ClusterRef(SpecModel):
 class Placement(SpecModel):
     """Where the members' pods may run.
 
-    Whatever is set here, the operator always adds a required pod anti-affinity on
-    kubernetes.io/hostname between the two members of the shard: a master and its
-    replica never share a node, so one node failure never takes both.
+    Whatever is set here, the operator always adds a pod anti-affinity on
+    kubernetes.io/hostname between the two members of the shard. By default it is
+    required: a master and its replica never share a node, so one node failure
+    never takes both. `preferred` lets them share one when no other node fits.
     """
 
     node_selector: dict[str, str] | None = Field(
@@ -80,8 +82,18 @@ class Placement(SpecModel):
     affinity: FreeFormObject | None = Field(
         default=None,
         description=(
-            "Extra affinity of the members' pods, as in a Pod's affinity. The operator's own required "
-            "anti-affinity between the two members is added to it, never replaced by it."
+            "Extra affinity of the members' pods, as in a Pod's affinity. The operator's own "
+            "anti-affinity between the two members (see podAntiAffinityType) is added to it, never "
+            "replaced by it."
+        ),
+    )
+    pod_anti_affinity_type: PodAntiAffinityType | None = Field(
+        default=None,
+        description=(
+            "How firmly the two members are kept on different nodes. required: never on one node, so a "
+            "member waits Pending until a second node fits. preferred: spread when possible, both on one "
+            "node when not (a single-node development or test cluster); then one node failure takes the "
+            "whole shard. Unset: taken from the MailCluster's spec.shardDefaults, else required."
         ),
     )
 
@@ -408,7 +420,7 @@ class MailShard(ResourceModel):
             capacity=overlay(base.capacity, spec.capacity),
             storage=overlay(base.storage, spec.storage),
             resources=spec.resources or base.resources or ResourceRequirements(),
-            placement=spec.placement or Placement(),
+            placement=_resolved_placement(spec.placement, base),
             replication=overlay(base.replication, spec.replication),
             failover=overlay(base.failover, spec.failover),
             compression=spec.compression or base.compression,
@@ -421,3 +433,11 @@ class MailShard(ResourceModel):
             generation=self.metadata.generation,
             spec=resolved,
         )
+
+
+def _resolved_placement(placement: Placement | None, defaults: ShardDefaults) -> Placement:
+    """The shard's placement with its anti-affinity type filled in from the cluster's default."""
+    own = placement or Placement()
+    if own.pod_anti_affinity_type is not None:
+        return own
+    return own.model_copy(update={"pod_anti_affinity_type": defaults.pod_anti_affinity_type})
