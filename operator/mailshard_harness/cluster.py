@@ -26,6 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +42,21 @@ from mailshard_harness.storage import STORAGE_CLASS_NAME, storage_class_manifest
 from mailshard_harness.testing import kubectl_apply
 
 SERVICE_CIDR = "10.96.0.0/16"
-POD_CIDR = "127.64.0.1/16"
+POD_RANGE = ipaddress.ip_network("127.64.0.0/10")
 """Loopback, on purpose: the operator polls each pod's agent at its pod IP, and traffic must stay on this
-machine. (Written as KWOK's own default is, from .1, so no pod gets the network address.)
-Nothing listens there unless a test starts a real agent on a KWOK pod's IP (`local_agents`)."""
+machine. Nothing listens there unless a test starts a real agent on a KWOK pod's IP (`local_agents`)."""
+POD_BLOCK_PREFIX = 20
+"""Each instance gets its own /20 of POD_RANGE (4,094 pods, enough for the 1,000-shard bench): two test
+sessions side by side would otherwise hand out the same pod IPs, and their agents would collide."""
+
+
+def pod_cidr(instance: str) -> str:
+    """The pod CIDR of one harness instance, in KWOK's notation (from .1, so no pod gets the network address)."""
+    blocks = list(POD_RANGE.subnets(new_prefix=POD_BLOCK_PREFIX))
+    block = blocks[zlib.crc32(instance.encode()) % len(blocks)]
+    return f"{block.network_address + 1}/{POD_BLOCK_PREFIX}"
+
+
 KWOK_NODE_IP = "127.63.0.1"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 STATE_FILE = "state.json"
@@ -472,7 +484,7 @@ class ControlPlane:
             f"--kubeconfig={self.kubeconfig}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-            f"--cidr={POD_CIDR}",
+            f"--cidr={pod_cidr(self.directory.name)}",
             f"--node-ip={KWOK_NODE_IP}",
             # Explicit, because an options file without it leaves leases off: nodes would then
             # heartbeat only every ~10 minutes and the node controller would mark them NotReady.

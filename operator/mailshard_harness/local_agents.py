@@ -2,7 +2,7 @@
 
 Why this module exists: KWOK simulates pods, not what runs in them, yet the
 failover monitor talks to each pod's agent at `<pod IP>:8080`. The harness's
-KWOK gives pods loopback IPs (`cluster.POD_CIDR`), so a test can start the
+KWOK gives pods loopback IPs (`cluster.pod_cidr`), so a test can start the
 very agent the image runs (`python -m mailshard.agent`) bound to a pod's IP,
 configured from the shard's own ConfigMap and Secret as the operator wrote
 them: the same `shard.json`, the same member config derivation
