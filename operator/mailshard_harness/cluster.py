@@ -42,7 +42,7 @@ from mailshard_harness.storage import STORAGE_CLASS_NAME, storage_class_manifest
 from mailshard_harness.testing import kubectl_apply
 
 SERVICE_CIDR = "10.96.0.0/16"
-POD_RANGE = ipaddress.ip_network("127.64.0.0/10")
+POD_RANGE = ipaddress.IPv4Network("127.64.0.0/10")
 """Loopback, on purpose: the operator polls each pod's agent at its pod IP, and traffic must stay on this
 machine. Nothing listens there unless a test starts a real agent on a KWOK pod's IP (`local_agents`)."""
 POD_BLOCK_PREFIX = 20
