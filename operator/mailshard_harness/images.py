@@ -30,18 +30,25 @@ from mailshard_harness.errors import HarnessError, log_tail
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
 BASE_ALIASES = ("localhost/debian:bookworm-slim",)
 IMAGES = ("operator", "dovecot", "cyrus")
+_AS_THE_MAIL_USER = (
+    # The agent resolves the image's own user exactly as at a pod's start (a uid without a passwd entry
+    # would stop it there), and that user is the one the member pods run as.
+    "from mailshard.agent.identity import resolve_run_as; from mailshard.api.constants import MAIL_USER_ID; "
+    "me = resolve_run_as(None); "
+    "assert (me.uid, me.gid, me.user, me.switch) == (MAIL_USER_ID, MAIL_USER_ID, 'vmail', False), me; "
+)
 SMOKE_TESTS: dict[str, tuple[str, ...]] = {
-    # entrypoint override, arguments: each proves the image's main program runs at all.
+    # entrypoint override, arguments: each proves the image's main program runs at all, as the image's user.
     "operator": ("/opt/mailshard/bin/python", "-m", "mailshard", "--version"),
     "dovecot": (
         "/opt/mailshard/bin/python",
         "-c",
-        "import mailshard.agent; import subprocess; subprocess.run(['dovecot', '--version'], check=True)",
+        _AS_THE_MAIL_USER + "import subprocess; subprocess.run(['dovecot', '--version'], check=True)",
     ),
     "cyrus": (
         "/opt/mailshard/bin/python",
         "-c",
-        "import mailshard.agent; import subprocess; subprocess.run(['/usr/lib/cyrus/bin/master', '-V'], check=True)",
+        _AS_THE_MAIL_USER + "import subprocess; subprocess.run(['/usr/lib/cyrus/bin/master', '-V'], check=True)",
     ),
 }
 REPOSITORY = "mailshard"
