@@ -1,9 +1,10 @@
 """The operator's Prometheus metrics: one registry, names the chart's alerts and dashboard rely on.
 
-Per-shard facts (phase, replication lag) are kept as the latest value the
-reconciler saw and exported by a collector at scrape time, so a deleted shard
-disappears from the metrics instead of lingering as a stale series. Counters
-and histograms are ordinary prometheus-client instruments.
+Per-shard facts (phase, replication lag) and per-cluster facts (proxies ready
+and desired) are kept as the latest value the reconcilers saw and exported by
+collectors at scrape time, so a deleted shard or cluster disappears from the
+metrics instead of lingering as a stale series. Counters and histograms are
+ordinary prometheus-client instruments.
 
 Names (also listed in the chart's values and used by its PrometheusRule):
 
@@ -11,6 +12,8 @@ Names (also listed in the chart's values and used by its PrometheusRule):
 - `mailshard_replication_lag_seconds{namespace,shard}`: the replica's lag as last reported.
 - `mailshard_failovers_total{namespace,shard,reason}` and `mailshard_failover_duration_seconds`.
 - `mailshard_reconcile_duration_seconds{kind}` and `mailshard_reconcile_errors_total{kind}`.
+- `mailshard_cluster_proxies_ready{namespace,cluster}` and `mailshard_cluster_proxies_desired{namespace,cluster}`:
+  the numbers behind the cluster's `status.proxiesReady` and its `spec.proxy.replicas`.
 - `mailshard_routing_table_version{namespace,cluster}` and
   `mailshard_routing_table_updated_timestamp_seconds{namespace,cluster}` (age = `time() - …`).
 - `mailshard_api_writes_total{verb,kind}`: every write the operator makes, to prove idleness.
@@ -22,6 +25,7 @@ import threading
 from collections import Counter as TallyCounter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -36,14 +40,23 @@ class ShardFacts:
     lag_seconds: float | None
 
 
-class _ShardCollector(Collector):
-    """Exports the latest facts of each live shard at scrape time."""
+@dataclass(frozen=True)
+class ClusterFacts:
+    proxies_ready: int
+    proxies_desired: int
+
+
+Facts = TypeVar("Facts")
+
+
+class _LatestFacts(Collector, Generic[Facts]):
+    """The latest facts of each live object, by (namespace, name), exported at scrape time."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._facts: dict[tuple[str, str], ShardFacts] = {}
+        self._facts: dict[tuple[str, str], Facts] = {}
 
-    def update(self, namespace: str, name: str, facts: ShardFacts) -> None:
+    def update(self, namespace: str, name: str, facts: Facts) -> None:
         with self._lock:
             self._facts[(namespace, name)] = facts
 
@@ -51,11 +64,16 @@ class _ShardCollector(Collector):
         with self._lock:
             self._facts.pop((namespace, name), None)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def snapshot(self) -> list[tuple[tuple[str, str], Facts]]:
         with self._lock:
-            facts = dict(self._facts)
+            return sorted(self._facts.items(), key=lambda item: item[0])
+
+
+class _ShardCollector(_LatestFacts[ShardFacts]):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        facts = self.snapshot()
         by_phase = GaugeMetricFamily("mailshard_shards", "MailShards by phase.", labels=["phase"])
-        tally = TallyCounter(f.phase for f in facts.values() if f.phase)
+        tally = TallyCounter(f.phase for _key, f in facts if f.phase)
         for phase in PHASES:
             by_phase.add_metric([phase], tally.get(phase, 0))
         yield by_phase
@@ -64,10 +82,30 @@ class _ShardCollector(Collector):
             "Replication lag of each shard's replica, as its agent last reported it.",
             labels=["namespace", "shard"],
         )
-        for (namespace, name), fact in sorted(facts.items()):
+        for (namespace, name), fact in facts:
             if fact.lag_seconds is not None:
                 lag.add_metric([namespace, name], fact.lag_seconds)
         yield lag
+
+
+class _ClusterCollector(_LatestFacts[ClusterFacts]):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        facts = self.snapshot()
+        ready = GaugeMetricFamily(
+            "mailshard_cluster_proxies_ready",
+            "Proxy pods of each MailCluster that are ready (its status.proxiesReady).",
+            labels=["namespace", "cluster"],
+        )
+        desired = GaugeMetricFamily(
+            "mailshard_cluster_proxies_desired",
+            "Proxy pods each MailCluster asks for (its spec.proxy.replicas).",
+            labels=["namespace", "cluster"],
+        )
+        for (namespace, name), fact in facts:
+            ready.add_metric([namespace, name], fact.proxies_ready)
+            desired.add_metric([namespace, name], fact.proxies_desired)
+        yield ready
+        yield desired
 
 
 class OperatorMetrics:
@@ -77,6 +115,8 @@ class OperatorMetrics:
         self.registry = registry or CollectorRegistry()
         self.shards = _ShardCollector()
         self.registry.register(self.shards)
+        self.clusters = _ClusterCollector()
+        self.registry.register(self.clusters)
         self.failovers = Counter(
             "mailshard_failovers_total",
             "Replicas promoted to master, by reason.",

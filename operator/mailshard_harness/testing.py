@@ -1,4 +1,4 @@
-"""Helpers every tier's tests share: waiting for a condition, applying manifests with the pinned kubectl.
+"""Helpers every tier's tests share: waiting for a condition, applying manifests with the pinned kubectl, scraping.
 
 Tests and harness code poll the real API server for outcomes (a pod Running,
 a status written) rather than sleeping a guessed time; one `eventually` keeps
@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from mailshard_harness import build, versions
 from mailshard_harness.errors import HarnessError
 
 T = TypeVar("T")
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""Prometheus samples by (sample name, sorted labels)."""
 
 
 def eventually(check: Callable[[], T | None], *, timeout: float = 60, what: str = "condition") -> T:
@@ -61,3 +66,19 @@ def kubectl_apply(kubeconfig: Path, manifests: Sequence[dict[str, Any]], *, cach
     )
     if result.returncode != 0:
         raise HarnessError(f"applying {what} failed: {result.stderr.strip()}")
+
+
+def scrape(url: str) -> Samples:
+    """Every sample a Prometheus endpoint serves now."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    """The value of the sample with exactly these labels, or None when it is not exported."""
+    return samples.get((name, tuple(sorted(labels.items()))))

@@ -25,6 +25,7 @@ from chart_support import (
 )
 
 import mailshard
+from exported_metrics import exported_samples, unknown_references
 from mailshard import rbac
 from mailshard.chartgen import CRD_GUARD_CLOSE, CRD_GUARD_OPEN, KEEP_ANNOTATION
 
@@ -318,6 +319,16 @@ def test_metrics_service_alone() -> None:
     objects = render({"metrics": {"service": {"enabled": True}}})
     assert only(objects, "Service")["metadata"]["name"] == f"{FULLNAME}-metrics"
     assert "ServiceMonitor" not in {o["kind"] for o in objects}
+
+
+def test_every_alert_queries_metrics_and_labels_the_operator_or_the_sidecar_exports() -> None:
+    # An alert over a series nobody exports can never fire, and nothing else would notice.
+    samples = exported_samples()
+    rule = only(monitoring(), "PrometheusRule")
+    expressions = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert len(expressions) == len(ALERTS)
+    for expression in expressions:
+        assert unknown_references(expression, samples) == [], expression
 
 
 def test_prometheus_rule_alerts_on_the_documented_metrics() -> None:

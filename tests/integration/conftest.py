@@ -58,6 +58,7 @@ def operator(
     )
     process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     process.start()
+    eventually(process.serving_metrics, what="the operator serving /metrics")
     yield process
     process.stop()
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,16 @@ class OperatorProcess:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def serving_metrics(self) -> bool:
+        """Whether /metrics answers yet (the process takes a few seconds to import and start kopf)."""
+        assert self.metrics_url is not None
+        self.assert_running()
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=5):
+                return True
+        except OSError:
+            return False
 
     def assert_running(self) -> None:
         assert self.process is not None

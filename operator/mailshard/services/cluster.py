@@ -33,7 +33,7 @@ from mailshard.builders.images import BackendImages
 from mailshard.builders.names import proxy_name
 from mailshard.builders.proxy import build_proxy_manifests
 from mailshard.builders.routing import RoutingGaps
-from mailshard.metrics import OperatorMetrics
+from mailshard.metrics import ClusterFacts, OperatorMetrics
 from mailshard.services.children import ChildChanges, ensure_children
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder
@@ -77,9 +77,12 @@ class ClusterReconciler:
         return self._runs.run((namespace, name), lambda: self._measured_reconcile(namespace, name))
 
     def _measured_reconcile(self, namespace: str, name: str) -> MailClusterStatus | None:
-        return measured(
+        status = measured(
             self.metrics, "MailCluster", f"{namespace}/{name}", lambda: self._reconcile_once(namespace, name)
         )
+        if status is None:  # deleted, or its namespace is going: its series go with it
+            self.metrics.clusters.forget(namespace, name)
+        return status
 
     def _reconcile_once(self, namespace: str, name: str) -> MailClusterStatus | None:
         body = self.api.get("MailCluster", name, namespace)
@@ -150,6 +153,8 @@ class ClusterReconciler:
             }
         )
         self._report(body, previous, status)
+        # The same numbers as status.proxiesReady, so the alert and `kubectl get mc` never disagree.
+        self.metrics.clusters.update(namespace, name, ClusterFacts(proxies.ready, proxies.wanted))
         new = status.model_dump(mode="json", by_alias=True, exclude_none=True)
         if new != previous.model_dump(mode="json", by_alias=True, exclude_none=True):
             self.api.merge_patch("MailCluster", name, namespace, {"status": new}, subresource="status")
