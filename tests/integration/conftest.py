@@ -16,7 +16,9 @@ from operator_support import (
     install_operator_identity,
     kubectl,
 )
+from pair_support import require_mail, running_pair
 
+from mailshard_harness import local_agents
 from mailshard_harness.cluster import ControlPlane
 
 
@@ -66,3 +68,19 @@ def operator(
 @pytest.fixture(scope="session")
 def audit(harness: ControlPlane) -> AuditLog:
     return AuditLog(harness.audit_log)
+
+
+@pytest.fixture
+def mail_available() -> None:
+    require_mail()
+
+
+@pytest.fixture
+def pair(
+    mail_available: None, api_client: client.ApiClient, kubeconfig: Path, namespace: str, request: pytest.FixtureRequest
+) -> Iterator[local_agents.LocalPair]:
+    """The example Dovecot shard with real agents in its pods' places, in sync; `indirect` False disables failover."""
+    with running_pair(
+        api_client, kubeconfig, namespace, request, failover_enabled=getattr(request, "param", True)
+    ) as started:
+        yield started

@@ -26,106 +26,26 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from operator_support import REPO, OperatorProcess, eventually, kubectl
+from operator_support import OperatorProcess, eventually, kubectl
+from pair_support import SHARD, A, B, condition, events, route, shard, status
 
-from mailshard.api.routing import TABLE_KEY, ShardState, parse_table
+from mailshard.api.routing import ShardState
 from mailshard.builders.names import pod_name
 from mailshard.proxy.render import Endpoint
 from mailshard_harness import local_agents, local_proxy, mailflow
 from mailshard_harness.local_proxy import LocalProxy
+from mailshard_harness.testing import Samples, sample, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
 
-GROUP, VERSION = "mailshard.io", "v1alpha1"
-SHARD = "dovecot-1"
-A, B = f"{SHARD}-a", f"{SHARD}-b"
-USERS = {f"user{n}@example.test": f"pw-{n}" for n in range(1, 6)}
-
-
-@pytest.fixture
-def mail_available() -> None:
-    missing = [tool for tool in ("dovecot", "doveadm") if shutil.which(tool) is None]
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{', '.join(missing)} missing: CI must run .ci/install-mail-deps first")
-        pytest.skip(f"{', '.join(missing)} not installed (run .ci/install-mail-deps)")
-
-
-def shard(api: client.ApiClient, namespace: str) -> dict[str, Any]:
-    body: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, "mailshards", SHARD
-    )
-    return body
-
-
-def status(api: client.ApiClient, namespace: str) -> dict[str, Any]:
-    return shard(api, namespace).get("status") or {}
-
-
-def condition(api: client.ApiClient, namespace: str, kind: str) -> dict[str, Any]:
-    return next((c for c in status(api, namespace).get("conditions", []) if c["type"] == kind), {})
-
-
-def route(api: client.ApiClient, namespace: str) -> Any:
-    config_map = client.CoreV1Api(api).read_namespaced_config_map("demo-routing", namespace)
-    return parse_table((config_map.data or {})[TABLE_KEY]).shards[SHARD]
-
-
-def events(api: client.ApiClient, namespace: str) -> list[str]:
-    return [
-        f"{e.type}/{e.reason}"
-        for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
-        if e.involved_object.name == SHARD
-    ]
-
-
-def apply_shard(kubeconfig: Path, namespace: str, *, failover_enabled: bool = True) -> None:
-    kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(REPO / "examples" / "mailcluster.yaml"))
-    manifest = (REPO / "examples" / "mailshard-dovecot.yaml").read_text()
-    if not failover_enabled:
-        manifest += "  failover:\n    enabled: false\n"
-    path = Path(tempfile.mkdtemp()) / "shard.yaml"
-    path.write_text(manifest)
-    kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(path))
-
-
-@pytest.fixture
-def pair(
-    mail_available: None, api_client: client.ApiClient, kubeconfig: Path, namespace: str, request: pytest.FixtureRequest
-) -> Iterator[local_agents.LocalPair]:
-    """The example Dovecot shard with real agents in its pods' places, replicating, in sync."""
-    enabled = getattr(request, "param", True)
-    apply_shard(kubeconfig, namespace, failover_enabled=enabled)
-    local_agents.wait_for_ips(api_client, namespace, (A, B))
-    eventually(lambda: status(api_client, namespace).get("master"), what="a first master")
-    root = Path(tempfile.mkdtemp(prefix="ms-f-"))
-    started = local_agents.prepare_pair(api_client, namespace, SHARD, root, master=A, users=USERS)
-    for member in started.members.values():
-        member.start()
-    try:
-        eventually(
-            lambda: (
-                {m["name"]: m["role"] for m in status(api_client, namespace).get("members", [])}
-                == {A: "master", B: "replica"}
-            ),
-            what="both agents polled and reporting their roles",
-        )
-        eventually(
-            lambda: condition(api_client, namespace, "Replicating").get("status") == "True",
-            what="the replica in sync",
-        )
-        yield started
-    finally:
-        started.stop()
-        for member in started.members.values():
-            request.node.add_report_section("teardown", f"agent {member.name} log", member.log_tail())
-        local_agents.remove(root)
-
 
 def test_a_killed_master_is_replaced_and_comes_back_as_replica(
-    api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair
+    api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair, operator: OperatorProcess
 ) -> None:
     assert route(api_client, namespace).master == A
+    assert operator.metrics_url is not None
+    # The operator serves the whole session: its histogram counts other tests' failovers too, hence the difference.
+    durations_before = sample(scrape(operator.metrics_url), "mailshard_failover_duration_seconds_count") or 0
     killed = time.monotonic()
     pair.members[A].kill()
 
@@ -168,6 +88,24 @@ def test_a_killed_master_is_replaced_and_comes_back_as_replica(
     assert route(api_client, namespace).master == B
     assert status(api_client, namespace)["master"] == B
 
+    # What Prometheus sees of it: the failover counted by reason, its duration observed, the pair's lag again.
+    def lag_reported() -> Samples | None:
+        samples = scrape(operator.metrics_url or "")
+        return (
+            samples
+            if sample(samples, "mailshard_replication_lag_seconds", namespace=namespace, shard=SHARD) is not None
+            else None
+        )
+
+    samples = eventually(lag_reported, timeout=30, what="a replication lag series for the shard")
+    failovers = sample(samples, "mailshard_failovers_total", namespace=namespace, shard=SHARD, reason="MasterDown")
+    assert failovers == 1
+    assert sample(samples, "mailshard_failovers_total", namespace=namespace, shard=SHARD, reason="Switchover") is None
+    assert (sample(samples, "mailshard_failover_duration_seconds_count") or 0) >= durations_before + 1
+    lag = sample(samples, "mailshard_replication_lag_seconds", namespace=namespace, shard=SHARD)
+    assert lag is not None
+    assert 0 <= lag < 60
+
 
 @pytest.mark.parametrize("pair", [False], indirect=True, ids=["failover-disabled"])
 def test_with_failover_disabled_it_reports_and_never_promotes(
@@ -189,7 +127,11 @@ def test_with_failover_disabled_it_reports_and_never_promotes(
 
 
 def test_a_planned_switchover_moves_the_master_and_a_bad_request_is_refused(
-    api_client: client.ApiClient, kubeconfig: Path, namespace: str, pair: local_agents.LocalPair
+    api_client: client.ApiClient,
+    kubeconfig: Path,
+    namespace: str,
+    pair: local_agents.LocalPair,
+    operator: OperatorProcess,
 ) -> None:
     annotation = "mailshard.io/switchover-to"
     kubectl(kubeconfig, "annotate", "-n", namespace, "mailshard", SHARD, f"{annotation}=nobody-x")
@@ -209,6 +151,9 @@ def test_a_planned_switchover_moves_the_master_and_a_bad_request_is_refused(
     assert status(api_client, namespace)["master"] == B
     assert annotation not in (shard(api_client, namespace)["metadata"].get("annotations") or {})
     assert "Normal/SwitchoverCompleted" in events(api_client, namespace)
+    samples = scrape(operator.metrics_url or "")
+    assert sample(samples, "mailshard_failovers_total", namespace=namespace, shard=SHARD, reason="Switchover") == 1
+    assert sample(samples, "mailshard_failovers_total", namespace=namespace, shard=SHARD, reason="MasterDown") is None
     eventually(
         lambda: (
             {m["name"]: m["role"] for m in status(api_client, namespace).get("members", [])}
