@@ -1,30 +1,43 @@
-"""`kubectl mailshard`: the operator's view of a shard, a user's route, and fencing, from a terminal.
+"""`kubectl mailshard`: the operator's view of a shard, a user's route, fencing and switchover, from a terminal.
 
 Installed as the `kubectl-mailshard` executable, which kubectl finds on PATH
 and runs for `kubectl mailshard …`. Every command reads what the operator
 wrote (status, the routing table) rather than recomputing it, so what it shows
 is what the proxies and the operator act on. Mistakes (an unknown shard, a
-cluster without a routing table) end with one line saying what is wrong and
-exit status 1.
+cluster without a routing table, a switchover the operator would refuse) end
+with one line saying what is wrong and exit status 1.
 
     kubectl mailshard status <shard> [-n NS]
     kubectl mailshard route <user> [-n NS] [--cluster NAME]
     kubectl mailshard fence <shard> [-n NS]      # users get temporary errors
     kubectl mailshard unfence <shard> [-n NS]
+    kubectl mailshard switchover <shard> [--to MEMBER] [--wait [--timeout S]] [-n NS]
+
+A switchover is the operator's to carry out (it drains the master first, so
+nothing is lost): the command checks from the shard's status what the
+operator's own rules would refuse, so a mistake is told at once rather than
+as a Warning Event later, and then sets the `mailshard.io/switchover-to`
+annotation the operator acts on.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 from kubernetes import client, config
 
 from mailshard.api.constants import ANNOTATION_FENCED
 from mailshard.api.routing import TABLE_KEY, RoutingTable, RoutingTableError, parse_table, route_user
+from mailshard.api.v1alpha1 import MailCluster, MailShard, ShardPhase, member_names
 from mailshard.builders.names import routing_config_map_name
+from mailshard.failover import SWITCHOVER_ANNOTATION
 from mailshard.services.kube import KubeApi, Manifest
 
 
@@ -162,6 +175,157 @@ def set_fence(api: KubeApi, namespace: str, name: str, *, fenced: bool) -> str:
     return f"unfenced {name}: it serves again once the routing table says so (kubectl mailshard status {name})"
 
 
+@dataclass(frozen=True)
+class Switchover:
+    """A switchover the operator would accept now: `source`, the master, hands over to `target`."""
+
+    shard: str
+    source: str
+    target: str
+    already_requested: bool
+
+
+def check_switchover(
+    shard: MailShard, *, max_lag_seconds: float, wanted: str | None, pending: str | None
+) -> Switchover:
+    """The switchover to `wanted` (default: the other member), or a PluginError saying why it would be refused.
+
+    The same refusals as the operator's decision (`failover.decide`), read from
+    the status the operator wrote: a member of the shard, not the master, a
+    Healthy shard whose target is ready and within `replication.maxLagSeconds`.
+    `pending` is the target of a request already made (the annotation), if any.
+    """
+    name, status = shard.metadata.name, shard.status
+    members = member_names(name)
+    if wanted is not None and wanted not in members:
+        raise PluginError(f"{wanted!r} is not a member of {name} (its members are {' and '.join(members)})")
+    master = status.master
+    if master is None:
+        raise PluginError(f"{name} has no master yet")
+    target = wanted if wanted is not None else next(m for m in members if m != master)
+    if target == master:
+        raise PluginError(f"{target} is already the master of {name}")
+    if status.failover is not None:
+        kind = "switchover" if status.failover.planned else "failover"
+        raise PluginError(
+            f"a {kind} of {name} from {status.failover.from_member} to {status.failover.to_member} is under way"
+        )
+    if pending is not None and pending != target:
+        raise PluginError(f"a switchover of {name} to {pending} is already requested")
+    if status.phase is not ShardPhase.HEALTHY:
+        ready = status.condition("Ready")
+        why = f": {ready.message}" if ready is not None and ready.message else ""
+        phase = status.phase.value if status.phase is not None else "unset"
+        raise PluginError(f"{name} is not Healthy (phase {phase}){why}")
+    member = next((m for m in status.members if m.name == target), None)
+    if member is None or not member.ready:
+        raise PluginError(f"{target} is not ready")
+    lag = member.lag_seconds if member.lag_seconds is not None else status.lag_seconds
+    if lag is None:
+        raise PluginError(
+            f"the replication lag of {target} is unknown (its agent has not reported it), "
+            "so the mail it lacks cannot be bounded"
+        )
+    if lag > max_lag_seconds:
+        raise PluginError(
+            f"{target} is {lag:g} s behind its master, more than the {max_lag_seconds:g} s allowed "
+            "(spec.replication.maxLagSeconds)"
+        )
+    return Switchover(shard=name, source=master, target=target, already_requested=pending == target)
+
+
+def _requested(body: Manifest) -> str | None:
+    """The target of the switchover the shard's annotation asks for, if any."""
+    value = (body["metadata"].get("annotations") or {}).get(SWITCHOVER_ANNOTATION)
+    return None if value is None else str(value)
+
+
+def _parsed(body: Manifest, api: KubeApi) -> tuple[MailShard, float]:
+    """The shard as the operator reads it, and the lag bound of its resolved settings."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        shard = MailShard.from_resource(body)
+        ref = shard.spec.cluster_ref
+        cluster_body = api.get("MailCluster", ref.name, namespace) if ref is not None else None
+        defaults = MailCluster.from_resource(cluster_body).spec.shard_defaults if cluster_body else None
+    except pydantic.ValidationError as error:
+        raise PluginError(f"{name} or its MailCluster cannot be read: {error.errors()[0]['msg']}") from error
+    return shard, shard.resolve(defaults).spec.replication.max_lag_seconds
+
+
+def switchover(
+    api: KubeApi,
+    namespace: str,
+    name: str,
+    wanted: str | None,
+    *,
+    wait_seconds: float | None = None,
+    report: Callable[[str], None] = print,
+) -> str:
+    """Ask the operator to hand the master role to `wanted`; with `wait_seconds`, until it has or refused."""
+    body = _shard(api, namespace, name)
+    shard, max_lag = _parsed(body, api)
+    request = check_switchover(shard, max_lag_seconds=max_lag, wanted=wanted, pending=_requested(body))
+    asked_at = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    if not request.already_requested:
+        annotations = {SWITCHOVER_ANNOTATION: request.target}
+        api.merge_patch("MailShard", name, namespace, {"metadata": {"annotations": annotations}})
+    message = (
+        f"switchover of {name} from {request.source} to {request.target} "
+        f"{'was already requested' if request.already_requested else 'requested'}; "
+        f"the operator drains {request.source} first"
+    )
+    if wait_seconds is None:
+        return f"{message} (follow it with `kubectl mailshard status {name}`)"
+    report(f"{message}; waiting up to {wait_seconds:g} s")
+    return _wait_for_switchover(api, namespace, request, asked_at, wait_seconds)
+
+
+def _wait_for_switchover(
+    api: KubeApi, namespace: str, request: Switchover, asked_at: datetime.datetime, wait_seconds: float
+) -> str:
+    """Until status.master is the target, or the operator took the request away without acting on it."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        body = _shard(api, namespace, request.shard)
+        status = MailShard.from_resource(body).status
+        if status.failover is None and status.master == request.target:
+            last = status.last_failover
+            took = f" in {last.duration_seconds:g} s" if last is not None and last.duration_seconds is not None else ""
+            return f"switched over: {request.target} is the master of {request.shard}{took}"
+        if status.failover is None and _requested(body) is None:
+            why = _refusal_since(api, namespace, request.shard, asked_at)
+            raise PluginError(f"the operator did not switch over {request.shard}: {why}")
+        if time.monotonic() >= deadline:
+            raise PluginError(
+                f"{request.shard} still has {status.master} as master after {wait_seconds:g} s; the request stands "
+                f"(`kubectl mailshard status {request.shard}`)"
+            )
+        time.sleep(0.5)
+
+
+def _refusal_since(api: KubeApi, namespace: str, name: str, since: datetime.datetime) -> str:
+    """The message of the operator's latest RejectSwitchover Event for the shard since `since`."""
+    refusals = [
+        event
+        for event in api.list("Event", namespace)
+        if event.get("reason") == "RejectSwitchover"
+        and (event.get("involvedObject") or {}).get("name") == name
+        and (event.get("involvedObject") or {}).get("kind") == "MailShard"
+        and _event_time(event) >= since
+    ]
+    if not refusals:
+        return f"the request was withdrawn (`kubectl describe mailshard {name}` shows the Events)"
+    return str(max(refusals, key=_event_time).get("message"))
+
+
+def _event_time(event: Manifest) -> datetime.datetime:
+    stamp = event.get("lastTimestamp") or event.get("eventTime") or event["metadata"].get("creationTimestamp")
+    if not stamp:
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)
+    return datetime.datetime.fromisoformat(str(stamp))
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-n", "--namespace", help="namespace (default: the context's)")
@@ -177,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     fence_cmd.add_argument("shard")
     unfence_cmd = commands.add_parser("unfence", parents=[common], help="let the shard serve again")
     unfence_cmd.add_argument("shard")
+    switchover_cmd = commands.add_parser(
+        "switchover", parents=[common], help="hand the master role to the replica (drained first: nothing is lost)"
+    )
+    switchover_cmd.add_argument("shard")
+    switchover_cmd.add_argument("--to", metavar="MEMBER", help="the member to promote (default: the replica)")
+    switchover_cmd.add_argument("--wait", action="store_true", help="wait until the master has changed")
+    switchover_cmd.add_argument(
+        "--timeout", type=float, default=120.0, metavar="SECONDS", help="how long --wait waits (default 120)"
+    )
     return parser
 
 
@@ -193,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(status(api, namespace, args.shard))
         elif args.command == "route":
             print(route(api, namespace, args.user, args.cluster))
+        elif args.command == "switchover":
+            wait = args.timeout if args.wait else None
+            print(switchover(api, namespace, args.shard, args.to, wait_seconds=wait), flush=True)
         else:
             print(set_fence(api, namespace, args.shard, fenced=args.command == "fence"))
     except PluginError as error:
