@@ -23,7 +23,7 @@ from failover_support import T0, A, B
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailshard.api.v1alpha1 import FailoverRecord, FailoverStep, MailShardStatus, MemberRole
+from mailshard.api.v1alpha1 import FailoverCause, FailoverRecord, FailoverStep, MailShardStatus, MemberRole
 from mailshard.failover import FailoverProgress, LagSample, MailboxUidNext, RecordedState
 from mailshard.failover.agent_report import AgentAnswer, MalformedAnswerError, parse_agent_status
 from mailshard.failover.decide import _route_to
@@ -75,6 +75,7 @@ progresses = st.builds(
     source=names,
     target=names,
     planned=st.booleans(),
+    forced=st.booleans(),
     started=times,
     reason=st.text(max_size=40),
     completed=steps,
@@ -93,6 +94,8 @@ def failover_records(draw: st.DrawFn) -> FailoverRecord:
         started=draw(times),
         duration_seconds=duration,
         messages_at_risk=draw(counts),
+        cause=draw(st.none() | st.sampled_from(FailoverCause)),
+        replica_in_sync_at=draw(maybe_time),
     )
 
 
@@ -104,6 +107,7 @@ records = st.builds(
     uncertain_since=maybe_time,
     failover=st.none() | progresses,
     last_failover=st.none() | failover_records(),
+    superseded=st.lists(names, max_size=2, unique=True).map(tuple),
 )
 
 RECONCILER_KEYS: dict[str, Json] = {
@@ -133,6 +137,7 @@ def test_a_record_patched_into_a_status_reads_back_equal(record: RecordedState) 
         "uncertainSince": record.uncertain_since is None,
         "failover": record.failover is None,
         "lastFailover": record.last_failover is None,
+        "superseded": not record.superseded,
     }
     assert {key: value is None for key, value in patch.items()} == expected_unset
     assert patch["targetMaster"] == (record.failover.target if record.failover is not None else None)
@@ -219,10 +224,11 @@ def test_a_merge_patch_of_a_finished_failover_deletes_the_progress_and_the_targe
 @given(progress=progresses)
 def test_progress_status_names_the_fields_as_users_read_them(progress: FailoverProgress) -> None:
     status = progress_status(progress)
-    assert (status.from_member, status.to_member, status.planned, status.reason) == (
+    assert (status.from_member, status.to_member, status.planned, status.forced, status.reason) == (
         progress.source,
         progress.target,
         progress.planned,
+        progress.forced,
         progress.reason,
     )
     assert (status.started, status.completed_step, status.completed_at, status.messages_at_risk) == (

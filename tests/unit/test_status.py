@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from mailshard.api import Condition, ConditionStatus, MailShardStatus, MemberRole, ShardConditionType, ShardPhase
+from mailshard.api.v1alpha1 import FailoverCause, FailoverProgressStatus, FailoverRecord
 from mailshard.builders import MemberObservation, Problem, ShardObservation, compute_shard_status, failed_status
 from mailshard.builders.conditions import set_condition
 
@@ -299,3 +300,147 @@ def test_status_is_written_through_its_wire_form_unchanged() -> None:
 def test_observed_generation_comes_from_the_observation() -> None:
     moved = replace(BOTH_UP, generation=7)
     assert compute_shard_status(moved, previous=None, now=T0).observed_generation == 7
+
+
+# --- after a failover: Degraded until the member left behind is back in sync ------------------------------
+
+
+def _record(cause: FailoverCause | None, in_sync_at: datetime | None = None) -> FailoverRecord:
+    return FailoverRecord(
+        from_member=A,
+        to_member=B,
+        reason="test",
+        started=T0,
+        duration_seconds=4.0,
+        cause=cause,
+        replica_in_sync_at=in_sync_at,
+    )
+
+
+def _after(record: FailoverRecord, *, a_up: bool = True, lag: float | None = 3.0) -> ShardObservation:
+    """The pair after a failover from A to B: A, back or not, as B's replica with `lag`."""
+    old_master = replace(member(A, up=a_up), role=MemberRole.REPLICA, lag_seconds=lag if a_up else None)
+    new_master = replace(member(B), role=MemberRole.MASTER, lag_seconds=None)
+    return observe(old_master, new_master, master=B, last_failover=record)
+
+
+UNPLANNED = _record(FailoverCause.MASTER_DOWN)
+FAILING_OVER_UNPLANNED = observe(
+    member(A, up=False),
+    member(B),
+    target_master=B,
+    failover=FailoverProgressStatus.model_validate(
+        {"from": A, "to": B, "planned": False, "started": T0, "reason": "down", "completedAt": T0}
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("history", "phase", "expected"),
+    [
+        pytest.param(
+            [BOTH_UP, FAILING_OVER_UNPLANNED],
+            ShardPhase.FAILING_OVER,
+            {DEGRADED: (TRUE, "FailingOver"), READY: (FALSE, "FailingOver"), STALLED: (FALSE, "AsExpected")},
+            id="an unplanned failover under way is Degraded",
+        ),
+        pytest.param(
+            [BOTH_UP, FAILING_OVER_UNPLANNED, _after(UNPLANNED, a_up=False)],
+            ShardPhase.DEGRADED,
+            {DEGRADED: (TRUE, "MemberUnavailable"), READY: (FALSE, "MemberUnavailable")},
+            id="failover done, old master away",
+        ),
+        pytest.param(
+            [BOTH_UP, FAILING_OVER_UNPLANNED, _after(UNPLANNED, a_up=False), _after(UNPLANNED)],
+            ShardPhase.DEGRADED,
+            {
+                DEGRADED: (TRUE, "ReplicaCatchingUp"),
+                READY: (FALSE, "ReplicaCatchingUp"),
+                RECONCILING: (TRUE, "ReplicaCatchingUp"),
+                STALLED: (FALSE, "AsExpected"),
+                REPLICATING: (TRUE, "InSync"),
+            },
+            id="old master back as replica, not yet seen in sync",
+        ),
+        pytest.param(
+            [BOTH_UP, _after(UNPLANNED, lag=0.0)],
+            ShardPhase.DEGRADED,
+            {DEGRADED: (TRUE, "ReplicaCatchingUp")},
+            id="a lag of 0 is not in sync until the monitor has recorded it",
+        ),
+        pytest.param(
+            [BOTH_UP, _after(UNPLANNED, lag=None)],
+            ShardPhase.DEGRADED,
+            {DEGRADED: (TRUE, "ReplicaCatchingUp"), REPLICATING: (UNKNOWN, "LagUnknown")},
+            id="old master back, lag not reported yet",
+        ),
+        pytest.param(
+            [BOTH_UP, _after(UNPLANNED), _after(_record(FailoverCause.MASTER_DOWN, T0 + timedelta(seconds=9)))],
+            ShardPhase.HEALTHY,
+            {
+                DEGRADED: (FALSE, "AsExpected"),
+                READY: (TRUE, "MembersReady"),
+                RECONCILING: (FALSE, "Reconciled"),
+                STALLED: (FALSE, "AsExpected"),
+            },
+            id="replica seen in sync: healthy",
+        ),
+        pytest.param(
+            [BOTH_UP, _after(_record(FailoverCause.FORCED_PROMOTION))],
+            ShardPhase.DEGRADED,
+            {DEGRADED: (TRUE, "ReplicaCatchingUp")},
+            id="a forced promotion catches up like a failover",
+        ),
+        pytest.param(
+            [BOTH_UP, _after(_record(FailoverCause.SWITCHOVER))],
+            ShardPhase.HEALTHY,
+            {DEGRADED: (FALSE, "AsExpected"), READY: (TRUE, "MembersReady")},
+            id="a planned switchover is never Degraded",
+        ),
+        pytest.param(
+            [BOTH_UP, _after(_record(None))],
+            ShardPhase.HEALTHY,
+            {DEGRADED: (FALSE, "AsExpected")},
+            id="a record from before causes were recorded",
+        ),
+    ],
+)
+def test_after_a_failover(history: list[ShardObservation], phase: ShardPhase, expected: dict[str, object]) -> None:
+    status = run(*history)[-1]
+    assert status.phase is phase
+    actual = conditions(status)
+    assert {key: actual[key] for key in expected} == expected
+
+
+def test_the_catch_up_message_says_who_and_how_far_behind() -> None:
+    ready = condition(run(BOTH_UP, _after(UNPLANNED, lag=3.0))[-1], READY)
+    assert ready.message == (
+        f"{B} is master since the failover from {A}; {A} has not been seen in sync with it yet as its replica (lag 3s)"
+    )
+
+
+def test_degraded_lasts_from_the_failover_to_the_catch_up_without_a_gap() -> None:
+    caught_up = _record(FailoverCause.MASTER_DOWN, T0 + timedelta(seconds=30))
+    statuses = run(
+        BOTH_UP,
+        FAILING_OVER_UNPLANNED,
+        _after(UNPLANNED, a_up=False),
+        _after(UNPLANNED, lag=None),
+        _after(UNPLANNED, lag=2.0),
+        _after(caught_up, lag=0.0),
+    )
+    degraded = [condition(s, DEGRADED) for s in statuses]
+    assert [d.status for d in degraded] == [FALSE, TRUE, TRUE, TRUE, TRUE, FALSE]
+    assert len({d.last_transition_time for d in degraded[1:5]}) == 1, "one Degraded episode, not several"
+    assert all(condition(s, STALLED).status is FALSE for s in statuses)
+
+
+def test_lag_jitter_after_the_catch_up_flips_no_condition() -> None:
+    """Only the lag figures themselves follow the lag (lagSeconds, Replicating's message); no state flips."""
+    caught_up = _record(FailoverCause.MASTER_DOWN, T0 + timedelta(seconds=5))
+    settled = run(BOTH_UP, _after(UNPLANNED), _after(caught_up, lag=0.0))[-1]
+    for lag in (1.0, 0.0, 2.0, None, 0.0):
+        again = compute_shard_status(_after(caught_up, lag=lag), previous=settled, now=T0 + timedelta(minutes=5))
+        assert again.phase is ShardPhase.HEALTHY
+        for kind in (READY, DEGRADED, RECONCILING, STALLED, FAILING_OVER):
+            assert condition(again, kind) == condition(settled, kind)

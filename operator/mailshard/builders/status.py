@@ -6,17 +6,25 @@ purely, so every rule below is a table test rather than a cluster scenario.
 
 The rules:
 
-- Ready is True when both members are ready and the master is known. It
-  describes the data plane only: a spec the operator cannot apply makes the
-  shard Stalled, not un-Ready.
+- Ready is True when both members are ready, the master is known and, after a
+  failover the operator did not plan with a human (`lastFailover.cause`
+  MasterDown or ForcedPromotion), the member it left behind has been seen in
+  sync with the new master (`lastFailover.replicaInSyncAt`). It describes the
+  data plane only: a spec the operator cannot apply makes the shard Stalled,
+  not un-Ready.
 - Reconciling is True while the operator is still converging (building the
   pair, replacing a member, recovering a lost one, failing over); Stalled is
   True when it cannot converge without a human (a spec it cannot apply, a
   fenced master it will not promote over). At most one of the two is True.
 - Degraded is True only when a pair that had been fully ready lost a member it
-  did not choose to lose. Building the pair is Provisioning, and a member the
-  operator is replacing on purpose (a rollout) is Updating: neither is ever
-  Degraded.
+  did not choose to lose, from the moment it is seen lost until the pair is
+  whole again: during an unplanned failover (FailingOver), while the old
+  master is away (MemberUnavailable), and while it catches up as the new
+  replica (ReplicaCatchingUp: Reconciling, never Stalled). Building the pair
+  is Provisioning, a member the operator is replacing on purpose (a rollout)
+  is Updating, and a planned switchover is FailingOver: none is ever
+  Degraded. Whether the replica caught up is recorded once, by the failover
+  monitor, so the replica's lag moving afterwards changes nothing here.
 
 Whether the pair had been fully ready is remembered in the Ready condition
 itself: while it is False, its reason says Pending or Provisioning only until
@@ -31,6 +39,7 @@ from datetime import datetime
 from typing import Final
 
 from mailshard.api.v1alpha1 import (
+    UNPLANNED_CAUSES,
     Condition,
     ConditionStatus,
     FailoverProgressStatus,
@@ -102,6 +111,8 @@ class _DataPlane:
     phase: ShardPhase
     reason: str
     message: str
+    lost: bool = False
+    """A member was lost rather than taken out on purpose: Degraded, whatever the phase says."""
 
 
 def _names(members: Sequence[MemberObservation]) -> str:
@@ -130,23 +141,42 @@ def _data_plane(observation: ShardObservation, *, established: bool) -> _DataPla
             ShardPhase.FAILING_OVER,
             "FailingOver",
             f"{kind} {observation.target_master} to master in place of {master or 'an unknown member'}{done}",
+            lost=progress is not None and not progress.planned,
         )
     if not established and not any(m.pod_exists for m in members):
         return _DataPlane(ShardPhase.PENDING, "Pending", f"waiting for the pods of {_names(members)}")
     unready = [m for m in members if not m.ready]
     if not unready and master is not None:
+        catching_up = _catching_up(observation)
+        if catching_up is not None:
+            return _DataPlane(ShardPhase.DEGRADED, "ReplicaCatchingUp", catching_up, lost=True)
         return _DataPlane(ShardPhase.HEALTHY, "MembersReady", f"{master} is master and both members are ready")
     lost = [m for m in unready if not m.replacing]
     if established and lost:
-        return _DataPlane(ShardPhase.DEGRADED, "MemberUnavailable", f"{_names(lost)} not ready")
+        return _DataPlane(ShardPhase.DEGRADED, "MemberUnavailable", f"{_names(lost)} not ready", lost=True)
     if unready:
         replacing = [m for m in unready if m.replacing]
         if replacing:
             return _DataPlane(ShardPhase.UPDATING, "Updating", f"replacing {_names(replacing)}")
         return _DataPlane(ShardPhase.PROVISIONING, "Provisioning", f"waiting for {_names(unready)} to become ready")
     if established:
-        return _DataPlane(ShardPhase.DEGRADED, "MasterUnknown", "both members are ready but neither is master")
+        return _DataPlane(
+            ShardPhase.DEGRADED, "MasterUnknown", "both members are ready but neither is master", lost=True
+        )
     return _DataPlane(ShardPhase.PROVISIONING, "Provisioning", "both members are ready; choosing the master")
+
+
+def _catching_up(observation: ShardObservation) -> str | None:
+    """Why the pair is not whole yet after an unplanned failover although both members are ready, or None."""
+    last, master = observation.last_failover, observation.master
+    if last is None or last.cause not in UNPLANNED_CAUSES or last.replica_in_sync_at is not None:
+        return None
+    replica = next(m for m in observation.members if m.name != master)
+    lag = "not reported yet" if replica.lag_seconds is None else f"{replica.lag_seconds:g}s"
+    return (
+        f"{master} is master since the failover from {last.from_member}; {replica.name} has not been seen "
+        f"in sync with it yet as its replica (lag {lag})"
+    )
 
 
 def _replicating(observation: ShardObservation) -> tuple[ConditionStatus, str, str, MemberObservation | None]:
@@ -206,7 +236,7 @@ def compute_shard_status(
     healthy = data.phase is ShardPhase.HEALTHY
     put(ShardConditionType.READY, _bool(healthy), data.reason, data.message)
     put(ShardConditionType.REPLICATING, replicating, replicating_reason, replicating_message)
-    if data.phase is ShardPhase.DEGRADED:
+    if data.lost:
         put(ShardConditionType.DEGRADED, ConditionStatus.TRUE, data.reason, data.message)
     else:
         put(ShardConditionType.DEGRADED, ConditionStatus.FALSE, _AS_EXPECTED, "no member lost")

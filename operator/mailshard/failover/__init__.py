@@ -20,6 +20,7 @@ from mailshard.failover.decide import PROMOTING, REPORTING_ONLY, Action, Decisio
 from mailshard.failover.diagnose import Diagnosis, Finding, diagnose, lag_bound
 from mailshard.failover.liveness import Heartbeat, Liveness, MemberHealth, assess_member, heartbeat
 from mailshard.failover.observations import (
+    FORCE_PROMOTE_ANNOTATION,
     SWITCHOVER_ANNOTATION,
     AgentReport,
     FailoverProgress,
@@ -35,6 +36,7 @@ from mailshard.failover.steps import STEP_ORDER, FailoverStep, next_step
 from mailshard.failover.uidnext import messages_at_risk, uidnext_floors
 
 __all__ = [
+    "FORCE_PROMOTE_ANNOTATION",
     "PROMOTING",
     "REPORTING_ONLY",
     "STEP_ORDER",

@@ -19,6 +19,9 @@ Each diagnosis has one action (and one only ever follows from it):
   recorded master (RAISE_ALARM when no master is recorded).
 - REPLICA_NEEDS_RESEED → RESEED_REPLICA: demote it, re-seed it from the master, unfence it.
 - NO_MASTER → ELECT_MASTER once both members answer, else WAIT.
+- After a failover, once the member left behind is seen in sync as the new
+  master's replica, `lastFailover.replicaInSyncAt` records when (the shard is
+  Degraded until then, see `builders.status`).
 - FAILOVER_IN_PROGRESS → CONTINUE_FAILOVER with the next step; WAIT while a
   step cannot run yet; ABORT_FAILOVER when the target is lost before its
   promotion and the old master is up; RAISE_ALARM when a step is stuck.
@@ -40,6 +43,18 @@ Rules that hold over every input (and are property-tested):
   None: never two.
 - A planned switchover (`SWITCHOVER_ANNOTATION`) is considered only when
   nothing else needs doing, and accepted only for a HEALTHY shard's replica.
+- A forced promotion (`FORCE_PROMOTE_ANNOTATION`) is a human's decision to
+  accept the loss the operator refused to accept: it is weighed before
+  anything else (but a failover under way), and accepted only while the
+  master is down, fenced or cannot be confirmed alive (MASTER_DOWN,
+  BOTH_DOWN, MASTER_FENCED, UNCERTAIN), for a target that answers and is not
+  fenced, whatever its lag, even with failover disabled. It is recorded as
+  such (`forced`, then `lastFailover.cause: ForcedPromotion`).
+- Superseded old masters: an old master that cannot be told to fence itself
+  when its turn comes is recorded in `superseded`; the shard's contract
+  (ConfigMap) carries the list, and the member's agent reads it before it
+  serves again and starts fenced. It leaves the list once it is demoted (it
+  rejoined or was re-seeded) or stays master (an aborted failover).
 """
 
 from __future__ import annotations
@@ -53,7 +68,14 @@ from typing import Final
 from mailshard.api.v1alpha1 import FailoverRecord, MemberRole, routed_during_failover
 from mailshard.failover.diagnose import Diagnosis, Finding, diagnose, fresh_report, lag_bound
 from mailshard.failover.liveness import Liveness
-from mailshard.failover.observations import FailoverProgress, MemberFacts, RecordedState, ShardFacts
+from mailshard.failover.observations import (
+    FORCE_PROMOTE_ANNOTATION,
+    SWITCHOVER_ANNOTATION,
+    FailoverProgress,
+    MemberFacts,
+    RecordedState,
+    ShardFacts,
+)
 from mailshard.failover.steps import FailoverStep, has_completed, next_step
 from mailshard.failover.uidnext import messages_at_risk, uidnext_floors
 
@@ -83,11 +105,15 @@ class Action(enum.StrEnum):
     """Record a planned switchover to `member`; its steps follow as CONTINUE_FAILOVER."""
     REJECT_SWITCHOVER = "RejectSwitchover"
     """Refuse the requested switchover (remove the annotation, tell the human why)."""
+    FORCE_PROMOTION = "ForcePromotion"
+    """Record the forced promotion of `member` a human asked for; its steps follow as CONTINUE_FAILOVER."""
+    REJECT_FORCED_PROMOTION = "RejectForcedPromotion"
+    """Refuse the requested forced promotion (remove the annotation, tell the human why)."""
     RAISE_ALARM = "RaiseAlarm"
     """Tell a human (a Warning Event and a Stalled condition); the operator will not act on its own."""
 
 
-PROMOTING: Final = frozenset({Action.START_FAILOVER, Action.DRAIN_THEN_SWITCH})
+PROMOTING: Final = frozenset({Action.START_FAILOVER, Action.DRAIN_THEN_SWITCH, Action.FORCE_PROMOTION})
 """The actions that choose a member to promote."""
 REPORTING_ONLY: Final = frozenset({Action.WAIT, Action.RAISE_ALARM, Action.CLEAR_FAILING})
 """The actions that change no member and no routing; a switchover request is weighed only after one of these."""
@@ -119,7 +145,9 @@ def decide(facts: ShardFacts) -> Decision:
     finding = diagnose(facts)
     if finding.diagnosis is Diagnosis.FAILOVER_IN_PROGRESS:
         return _drive_failover(facts, finding)
-    record = _track_timers(facts, finding)
+    record = _note_replica_in_sync(facts, finding, _track_timers(facts, finding))
+    if facts.force_promote_to is not None:
+        return _forced_promotion(facts, finding, record, facts.force_promote_to)
     decision = _act(facts, finding, record)
     forgiven = facts.recorded.failing_since is not None and record.failing_since is None
     if forgiven and decision.action in (Action.WAIT, Action.RAISE_ALARM):
@@ -157,6 +185,26 @@ def _master_serves(facts: ShardFacts, finding: Finding) -> bool:
     return finding.of(master).up
 
 
+def _note_replica_in_sync(facts: ShardFacts, finding: Finding, record: RecordedState) -> RecordedState:
+    """Record when the member a failover left behind is first seen in sync with the new master, as its replica.
+
+    In sync means its agent found every mailbox equal to the master's (lag 0,
+    nothing behind, nothing diverged), at a moment after the failover began,
+    and says now that it is an unfenced replica. Set once and never moved, so
+    later lag cannot change it.
+    """
+    last, master = record.last_failover, record.master
+    if last is None or last.replica_in_sync_at is not None or master is None:
+        return record
+    replica = facts.other(master)
+    report = fresh_report(replica, finding.of(replica.name))
+    if report is None or report.role is not MemberRole.REPLICA or report.fenced:
+        return record
+    if replica.last_in_sync is None or replica.last_in_sync < last.started:
+        return record
+    return replace(record, last_failover=last.model_copy(update={"replica_in_sync_at": replica.last_in_sync}))
+
+
 # --- one action per diagnosis -----------------------------------------------------------------------
 
 
@@ -174,7 +222,14 @@ def _act(facts: ShardFacts, finding: Finding, record: RecordedState) -> Decision
         if record.recovering_since is not None:
             return wait(f"{reason}; the master is back, and counts as failing until it has stayed up for the delay")
         return wait()
-    if diagnosis in (Diagnosis.MASTER_FENCED, Diagnosis.REPLICA_FENCED, Diagnosis.REPLICA_LAGGING):
+    if diagnosis is Diagnosis.REPLICA_LAGGING:
+        assert master is not None  # NO_MASTER is diagnosed before
+        why = (
+            f"{reason}. While it is, {master} would not be replaced automatically if it failed: find out why "
+            f"replication is slow or stopped (the errors in {facts.other(master).name}'s agent /status)"
+        )
+        return decision(Action.RAISE_ALARM, why, recheck=_poll(facts))
+    if diagnosis in (Diagnosis.MASTER_FENCED, Diagnosis.REPLICA_FENCED):
         return decision(Action.RAISE_ALARM, reason, recheck=_poll(facts))
     if diagnosis is Diagnosis.BOTH_DOWN:
         return decision(Action.RAISE_ALARM, f"{reason}: no member can serve", recheck=_poll(facts))
@@ -199,7 +254,10 @@ def _act(facts: ShardFacts, finding: Finding, record: RecordedState) -> Decision
         assert master is not None  # NO_MASTER is diagnosed before
         if not policy.enabled:
             return decision(Action.RAISE_ALARM, f"{reason}; {_DISABLED}", recheck=_poll(facts))
-        return decision(Action.RESEED_REPLICA, f"{reason}; making it a replica again", member=facts.other(master).name)
+        stale = facts.other(master).name
+        reseeded = replace(record, superseded=_without(record.superseded, stale))
+        why = f"{reason}; making it a replica again"
+        return Decision(Action.RESEED_REPLICA, why, diagnosis, reseeded, _route_to(reseeded), 0.0, stale)
     return _master_down(facts, finding, record)
 
 
@@ -227,14 +285,11 @@ def _master_down(facts: ShardFacts, finding: Finding, record: RecordedState) -> 
         return decision(action, why, recheck=min(remaining, policy.poll_interval_seconds))
     refusal = promotion_refusal(facts, finding, target)
     if refusal is not None:
-        transient = finding.of(target).liveness is Liveness.SUSPECT
-        action = Action.WAIT if transient else Action.RAISE_ALARM
-        return decision(action, f"{finding.reason}; not promoting {target}: {refusal}", recheck=_poll(facts))
-    target_facts, master_facts = facts.member(target), facts.member(master)
-    at_risk = None
-    if master_facts.report is not None and target_facts.report is not None:
-        old, new = master_facts.report.mailboxes, target_facts.report.mailboxes
-        at_risk = messages_at_risk(old, new) if old is not None and new is not None else None
+        if finding.of(target).liveness is Liveness.SUSPECT:
+            return decision(Action.WAIT, f"{finding.reason}; not promoting {target}: {refusal}", recheck=_poll(facts))
+        why = f"{finding.reason}; not promoting {target}: {refusal}. {_human_choices(facts, finding, master, target)}"
+        return decision(Action.RAISE_ALARM, why, recheck=_poll(facts))
+    at_risk = _messages_at_risk(facts, master, target)
     progress = FailoverProgress(
         source=master,
         target=target,
@@ -245,7 +300,7 @@ def _master_down(facts: ShardFacts, finding: Finding, record: RecordedState) -> 
         completed_at=now,
         messages_at_risk=at_risk,
     )
-    started = replace(record, failover=progress)
+    started = replace(record, failover=progress, superseded=_without(record.superseded, target))
     why = f"{finding.reason}; down since {record.failing_since.isoformat()}, promoting {target}"
     return decision(Action.START_FAILOVER, why, recheck=0.0, rec=started)
 
@@ -265,6 +320,31 @@ def promotion_refusal(facts: ShardFacts, finding: Finding, target: str) -> str |
     if lag > facts.policy.max_lag_seconds:
         return f"it may be {lag:.1f}s behind, more than the {facts.policy.max_lag_seconds:g}s allowed (maxLagSeconds)"
     return None
+
+
+def _human_choices(facts: ShardFacts, finding: Finding, master: str, target: str) -> str:
+    """What a human can do about a dead master whose replica the operator will not promote."""
+    health = finding.of(target)
+    report = fresh_report(facts.member(target), health)
+    back = f"bring {master} back, and it serves again with nothing lost"
+    if not health.up or report is None:
+        return f"A human must decide: {back}, or bring {target} back so that it can be promoted"
+    if report.fenced:
+        return f"A human must decide: {back}, or unfence {target} (a human fenced it) so that it can be promoted"
+    at_risk = _messages_at_risk(facts, master, target)
+    loss = "an unknown number of messages" if at_risk is None else f"{at_risk} message(s) known"
+    return (
+        f"A human must decide: {back}; or accept losing what {target} lacks ({loss}) "
+        f"by annotating the MailShard {FORCE_PROMOTE_ANNOTATION}={target}"
+    )
+
+
+def _messages_at_risk(facts: ShardFacts, master: str, target: str) -> int | None:
+    """What the master last reported holding that the target's last report lacked, when both reported mailboxes."""
+    old_report, new_report = facts.member(master).report, facts.member(target).report
+    if old_report is None or new_report is None or old_report.mailboxes is None or new_report.mailboxes is None:
+        return None
+    return messages_at_risk(old_report.mailboxes, new_report.mailboxes)
 
 
 def _elect(facts: ShardFacts, finding: Finding, record: RecordedState) -> Decision:
@@ -331,6 +411,63 @@ def _switchover(facts: ShardFacts, finding: Finding, record: RecordedState, want
     return Decision(Action.DRAIN_THEN_SWITCH, why, finding.diagnosis, switching, master, 0.0, wanted)
 
 
+# --- forced promotion -------------------------------------------------------------------------------
+
+FORCEABLE: Final = frozenset({Diagnosis.MASTER_DOWN, Diagnosis.BOTH_DOWN, Diagnosis.MASTER_FENCED, Diagnosis.UNCERTAIN})
+"""Diagnoses in which a human may force the replica's promotion: the master does not serve, or cannot be shown to."""
+
+
+def _forced_promotion(facts: ShardFacts, finding: Finding, record: RecordedState, wanted: str) -> Decision:
+    """A human forces `wanted` to master, accepting what it lacks: accept it only where the master does not serve."""
+    master, now, diagnosis = facts.recorded.master, facts.now, finding.diagnosis
+
+    def answer(action: Action, why: str, rec: RecordedState = record, recheck: float = 0.0) -> Decision:
+        member = wanted if wanted in facts.names else None
+        return Decision(action, why, diagnosis, rec, _route_to(rec), recheck, member)
+
+    def reject(why: str) -> Decision:
+        return answer(Action.REJECT_FORCED_PROMOTION, f"forced promotion of {wanted!r} rejected: {why}")
+
+    if wanted not in facts.names:
+        return reject(f"it is not a member of this shard (the members are {' and '.join(facts.names)})")
+    if master is None:
+        return reject("the shard has no master yet")
+    if wanted == master:
+        return reject(f"{wanted} is already the master")
+    if diagnosis is Diagnosis.MASTER_SUSPECT:
+        why = f"forced promotion of {wanted} waits: {finding.reason}; whether {master} is down is not known yet"
+        return answer(Action.WAIT, why, recheck=_poll(facts))
+    if diagnosis not in FORCEABLE:
+        return reject(
+            f"{master} is not down ({diagnosis.value}: {finding.reason}); forcing is only for a master that "
+            f"does not serve. To move a serving master, request a switchover ({SWITCHOVER_ANNOTATION}={wanted})"
+        )
+    health = finding.of(wanted)
+    if health.liveness is Liveness.SUSPECT:
+        return answer(Action.WAIT, f"forced promotion of {wanted} waits: {health.reason}", recheck=_poll(facts))
+    report = fresh_report(facts.member(wanted), health)
+    if not health.up or report is None:
+        return reject(f"it is not up ({health.reason})")
+    if report.fenced:
+        return reject(f"{wanted} is fenced; unfence it first (a fence is only ever lifted by a human)")
+    at_risk = _messages_at_risk(facts, master, wanted)
+    loss = "an unknown number of messages" if at_risk is None else f"{at_risk} message(s) known to be"
+    progress = FailoverProgress(
+        source=master,
+        target=wanted,
+        planned=False,
+        forced=True,
+        started=now,
+        reason=f"forced promotion of {wanted} requested ({finding.reason}); a human accepted losing {loss} lacking",
+        completed=None,
+        completed_at=now,
+        messages_at_risk=at_risk,
+    )
+    forcing = replace(record, failover=progress, superseded=_without(record.superseded, wanted))
+    why = f"promoting {wanted} as a human forced it, accepting the loss of {loss} missing on it: {finding.reason}"
+    return answer(Action.FORCE_PROMOTION, why, rec=forcing)
+
+
 # --- a failover under way ----------------------------------------------------------------------------
 
 
@@ -347,9 +484,14 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
     diagnosis = finding.diagnosis
 
     def run(
-        step: FailoverStep, why: str, *, member: str | None = None, floors: Mapping[str, int] | None = None
+        step: FailoverStep,
+        why: str,
+        *,
+        member: str | None = None,
+        floors: Mapping[str, int] | None = None,
+        superseded: tuple[str, ...] = recorded.superseded,
     ) -> Decision:
-        done = replace(recorded, failover=replace(progress, completed=step, completed_at=now))
+        done = replace(recorded, failover=replace(progress, completed=step, completed_at=now), superseded=superseded)
         if step is FailoverStep.RECORD:
             done = _completed(recorded, progress, now)
         why = f"{kind} to {target}: {why}"
@@ -359,18 +501,18 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
         return Decision(action, f"{kind} to {target}: {why}", diagnosis, recorded, _route_to(recorded), _poll(facts))
 
     def abort(why: str) -> Decision:
-        back = replace(recorded, failover=None)
+        back = replace(recorded, failover=None, superseded=_without(recorded.superseded, source))
         return Decision(
             Action.ABORT_FAILOVER, f"{kind} to {target} abandoned: {why}", diagnosis, back, source, 0.0, source
         )
 
-    if not policy.enabled and not progress.planned:
+    if not policy.enabled and not progress.planned and not progress.forced:
         return hold(Action.RAISE_ALARM, f"halted; {_DISABLED}")
 
     fenced_before = has_completed(progress.completed, FailoverStep.FENCE_OLD_MASTER)
     rejoined = has_completed(progress.completed, FailoverStep.REJOIN_OLD_MASTER)
     if fenced_before and not rejoined and source_report is not None and source_report.claims_master:
-        refence = Decision(
+        return Decision(
             Action.CONTINUE_FAILOVER,
             f"{kind} to {target}: the old master {source} claims master again; fencing it again first",
             diagnosis,
@@ -380,7 +522,6 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
             source,
             FailoverStep.FENCE_OLD_MASTER,
         )
-        return refence
 
     promoted = has_completed(progress.completed, FailoverStep.PROMOTE)
     target_lost = target_health.liveness in (Liveness.DOWN, Liveness.SILENT)
@@ -403,7 +544,12 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
         return hold(Action.WAIT, f"waiting for {target} to catch up with {source} ({waited:.0f}s so far)")
     if step is FailoverStep.FENCE_OLD_MASTER:
         if source_report is None:
-            return run(step, f"{source} cannot be told ({source_health.reason}); the routing fence keeps writes away")
+            return run(
+                step,
+                f"{source} cannot be told ({source_health.reason}); the routing fence keeps writes away, and "
+                "the shard's contract now says it was superseded, so it starts fenced whenever it comes back",
+                superseded=_with(recorded.superseded, source),
+            )
         return run(step, f"fencing {source}", member=source)
     if step in (FailoverStep.PROMOTE, FailoverStep.RAISE_UIDNEXT, FailoverStep.REPLAY_JOURNAL):
         target_facts = facts.member(target)
@@ -431,7 +577,9 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
     if step is FailoverStep.REJOIN_OLD_MASTER:
         if not source_health.up:
             return run(step, f"{source} is not up to rejoin ({source_health.reason}); it is reseeded when it returns")
-        return run(step, f"{source} rejoins as replica", member=source)
+        return run(
+            step, f"{source} rejoins as replica", member=source, superseded=_without(recorded.superseded, source)
+        )
     return run(FailoverStep.RECORD, f"{target} is master")
 
 
@@ -447,7 +595,9 @@ def _completed(recorded: RecordedState, progress: FailoverProgress, now: datetim
             started=progress.started,
             duration_seconds=max(0.0, _seconds(now - outage_from)),
             messages_at_risk=progress.messages_at_risk,
+            cause=progress.cause,
         ),
+        superseded=recorded.superseded,
     )
 
 
@@ -478,6 +628,14 @@ def _recheck(facts: ShardFacts, record: RecordedState) -> float:
     if record.uncertain_since is not None:
         deadlines.append(record.uncertain_since + timedelta(seconds=policy.alarm_after_seconds))
     return min([policy.poll_interval_seconds, *(max(0.0, _seconds(d - now)) for d in deadlines)])
+
+
+def _with(members: tuple[str, ...], member: str) -> tuple[str, ...]:
+    return members if member in members else (*members, member)
+
+
+def _without(members: tuple[str, ...], member: str) -> tuple[str, ...]:
+    return tuple(m for m in members if m != member)
 
 
 def _poll(facts: ShardFacts) -> float:

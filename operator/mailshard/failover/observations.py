@@ -21,12 +21,14 @@ from datetime import datetime
 from typing import Final
 
 from mailshard.api.constants import GROUP
-from mailshard.api.v1alpha1 import FailoverRecord, MemberRole
+from mailshard.api.v1alpha1 import FailoverCause, FailoverRecord, MemberRole
 from mailshard.failover.policy import FailoverPolicy
 from mailshard.failover.steps import FailoverStep
 
 SWITCHOVER_ANNOTATION: Final = f"{GROUP}/switchover-to"
 """Set on a MailShard to a member name to request a planned switchover to that member."""
+FORCE_PROMOTE_ANNOTATION: Final = f"{GROUP}/force-promote"
+"""Set on a MailShard to a member name to promote it although the operator refuses to: a human accepts the loss."""
 
 
 class PodState(enum.StrEnum):
@@ -122,6 +124,14 @@ class FailoverProgress:
     """When that step was recorded (the start time while none is)."""
     messages_at_risk: int | None = None
     """Messages the old master had reported that the target lacked, when both summaries were known at the start."""
+    forced: bool = False
+    """A promotion a human forced (`FORCE_PROMOTE_ANNOTATION`): it runs even with failover disabled."""
+
+    @property
+    def cause(self) -> FailoverCause:
+        if self.planned:
+            return FailoverCause.SWITCHOVER
+        return FailoverCause.FORCED_PROMOTION if self.forced else FailoverCause.MASTER_DOWN
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,8 @@ class RecordedState:
     uncertain_since: datetime | None = None
     failover: FailoverProgress | None = None
     last_failover: FailoverRecord | None = None
+    superseded: tuple[str, ...] = ()
+    """Old masters a failover could not fence through their agent: the shard's contract tells them at start."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,8 @@ class ShardFacts:
     now: datetime
     switchover_to: str | None = None
     """The value of the switchover annotation, verbatim, if the shard has one."""
+    force_promote_to: str | None = None
+    """The value of the forced-promotion annotation, verbatim, if the shard has one."""
 
     def __post_init__(self) -> None:
         first, second = self.members

@@ -27,6 +27,7 @@ RECORD_FIELDS: Final = (
     "uncertainSince",
     "failover",
     "lastFailover",
+    "superseded",
 )
 """The status keys owned by the failover monitor (JSON names)."""
 
@@ -41,6 +42,7 @@ def recorded_state(status: MailShardStatus) -> RecordedState:
         uncertain_since=status.uncertain_since,
         failover=None if progress is None else _progress(progress),
         last_failover=status.last_failover,
+        superseded=status.superseded,
     )
 
 
@@ -54,6 +56,7 @@ def _progress(stored: FailoverProgressStatus) -> FailoverProgress:
         completed=stored.completed_step,
         completed_at=stored.completed_at,
         messages_at_risk=stored.messages_at_risk,
+        forced=stored.forced,
     )
 
 
@@ -63,6 +66,7 @@ def progress_status(progress: FailoverProgress) -> FailoverProgressStatus:
             "from": progress.source,
             "to": progress.target,
             "planned": progress.planned,
+            "forced": progress.forced,
             "started": progress.started,
             "reason": progress.reason,
             "completedStep": progress.completed,
@@ -98,5 +102,6 @@ def _full_patch(record: RecordedState) -> dict[str, Any]:
         "lastFailover": None
         if record.last_failover is None
         else record.last_failover.model_dump(mode="json", by_alias=True),
+        "superseded": list(record.superseded) or None,
     }
     return {key: value.isoformat() if hasattr(value, "isoformat") else value for key, value in values.items()}

@@ -38,7 +38,9 @@ from mailshard.api.v1alpha1.settings import (
 )
 from mailshard.api.v1alpha1.shard import (
     STEP_ORDER,
+    UNPLANNED_CAUSES,
     ClusterRef,
+    FailoverCause,
     FailoverProgressStatus,
     FailoverRecord,
     FailoverStep,
@@ -60,6 +62,7 @@ from mailshard.api.v1alpha1.shard import (
 __all__ = [
     "API_VERSION",
     "STEP_ORDER",
+    "UNPLANNED_CAUSES",
     "VERSION",
     "Backend",
     "CapacityOverrides",
@@ -69,6 +72,7 @@ __all__ = [
     "Compression",
     "Condition",
     "ConditionStatus",
+    "FailoverCause",
     "FailoverOverrides",
     "FailoverProgressStatus",
     "FailoverRecord",

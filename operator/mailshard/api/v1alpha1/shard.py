@@ -216,6 +216,21 @@ class MemberStatus(StatusModel):
     )
 
 
+class FailoverCause(enum.StrEnum):
+    """Why a master was replaced (`lastFailover.cause`)."""
+
+    MASTER_DOWN = "MasterDown"
+    """The operator found the master down and promoted the replica on its own."""
+    SWITCHOVER = "Switchover"
+    """A human asked for a planned switchover: the replica was drained first, so nothing was lost."""
+    FORCED_PROMOTION = "ForcedPromotion"
+    """A human forced the promotion of a replica the operator would not promote, accepting what it lacked."""
+
+
+UNPLANNED_CAUSES: Final = frozenset({FailoverCause.MASTER_DOWN, FailoverCause.FORCED_PROMOTION})
+"""The causes after which the member left behind must catch up before the pair is whole again."""
+
+
 class FailoverRecord(StatusModel):
     """The last promotion of a replica."""
 
@@ -228,6 +243,17 @@ class FailoverRecord(StatusModel):
         default=None,
         ge=0,
         description="Messages the old master had accepted that the replica had not received, when known.",
+    )
+    cause: FailoverCause | None = Field(
+        default=None,
+        description="MasterDown, Switchover or ForcedPromotion. Unset in records written before it existed.",
+    )
+    replica_in_sync_at: datetime | None = Field(
+        default=None,
+        description=(
+            "When the member that was replaced was first seen back in sync with the new master, as its "
+            "replica. Until then, after a MasterDown or ForcedPromotion, the shard is Degraded."
+        ),
     )
 
 
@@ -277,6 +303,10 @@ class FailoverProgressStatus(StatusModel):
     from_member: str = Field(alias="from", description="The master being replaced.")
     to_member: str = Field(alias="to", description="The member being promoted (also `targetMaster`).")
     planned: bool = Field(default=False, description="A switchover a human asked for, rather than a failover.")
+    forced: bool = Field(
+        default=False,
+        description="A promotion a human forced (mailshard.io/force-promote), accepting what the target lacks.",
+    )
     started: datetime = Field(description="When the failover or switchover began.")
     reason: str = Field(description="Why it began.")
     completed_step: FailoverStep | None = Field(
@@ -339,6 +369,14 @@ class MailShardStatus(StatusModel):
     )
     failover: FailoverProgressStatus | None = Field(
         default=None, description="The failover or switchover under way, step by step; unset when none is."
+    )
+    superseded: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Members that were master when a failover replaced them and could not be told to fence "
+            "themselves. The shard's ConfigMap carries this list; a listed member's agent reads it when it "
+            "starts and never serves as master, only fenced, until the operator has re-seeded it as replica."
+        ),
     )
 
     @property
