@@ -133,6 +133,7 @@ def shard(
     recorded: RecordedState | None = None,
     policy: FailoverPolicy = POLICY,
     switchover_to: str | None = None,
+    force_promote_to: str | None = None,
 ) -> ShardFacts:
     """A shard whose recorded master is `master` (members in name order, as the service lists them)."""
     members = (master, replica) if master.name < replica.name else (replica, master)
@@ -142,6 +143,7 @@ def shard(
         policy=policy,
         now=now,
         switchover_to=switchover_to,
+        force_promote_to=force_promote_to,
     )
 
 
@@ -199,6 +201,7 @@ class Pair:
     policy: FailoverPolicy = POLICY
     record: RecordedState = field(default_factory=lambda: RecordedState(master=A))
     switchover_to: str | None = None
+    force_promote_to: str | None = None
     pause_after: FailoverStep | None = None
     """Stop the loop once this step is carried out and recorded, as if the operator stopped there."""
     crash_after: FailoverStep | None = None
@@ -209,7 +212,9 @@ class Pair:
         return self.a if name == A else self.b
 
     def facts(self, now: datetime) -> ShardFacts:
-        return ShardFacts((self.a.facts(), self.b.facts()), self.record, self.policy, now, self.switchover_to)
+        return ShardFacts(
+            (self.a.facts(), self.b.facts()), self.record, self.policy, now, self.switchover_to, self.force_promote_to
+        )
 
     def tick(self, seconds: float, *, poll: bool = True) -> list[Decision]:
         """One poll of both agents at T0 + seconds, then decisions until one says to wait."""
@@ -230,6 +235,9 @@ class Pair:
             if decision.step is not None and decision.step is self.pause_after:
                 self.pause_after = None
                 return decisions
+            if decision.action is Action.REJECT_FORCED_PROMOTION:
+                self.force_promote_to = None
+                return decisions
             if decision.recheck_after > 0 or decision.action is Action.REJECT_SWITCHOVER:
                 if decision.action is Action.REJECT_SWITCHOVER:
                     self.switchover_to = None
@@ -245,6 +253,9 @@ class Pair:
     def _carry_out(self, decision: Decision, now: datetime) -> None:
         if decision.action is Action.DRAIN_THEN_SWITCH:
             self.switchover_to = None
+        progress = self.record.failover
+        if decision.step is FailoverStep.RECORD and progress is not None and progress.forced:
+            self.force_promote_to = None  # the service removes the request once the forced promotion is done
         if decision.member is None:
             return
         agent = self.agent(decision.member)

@@ -2,12 +2,15 @@
 
 Hypothesis draws arbitrary shards: any pod state, heartbeat age, failed-poll
 count, claimed role, fence, lag sample, recorded timers, failover in progress
-at any step, spec flags and switchover request. Over all of them: one action
-with a reason; UNCERTAIN never promotes; a promotion names the one other
-member, which is up, unfenced and within the lag bound, and only after the
-delay; disabled never acts; routing never names a member being fenced; a
-failover's steps only move forward; node readiness changes nothing. A last
-property runs random flapping timelines through the service loop.
+at any step, spec flags, switchover and forced-promotion requests, superseded
+members. Over all of them: one action with a reason; UNCERTAIN never promotes
+unless a human forced it; a promotion names the one other member, which is up
+and unfenced, and, unless forced, within the lag bound and only after the
+delay; disabled never acts unless a human asked; routing never names a member
+being fenced; a failover's steps only move forward; node readiness changes
+nothing; a member being promoted, or kept as master, is never listed as
+superseded. A last property runs random flapping timelines through the
+service loop.
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ def records(draw: st.DrawFn) -> RecordedState:
         failover = FailoverProgress(
             source=master,
             target=B if master == A else A,
-            planned=draw(st.booleans()),
+            planned=(planned := draw(st.booleans())),
+            forced=not planned and draw(st.booleans()),
             started=_ago(step_age + draw(st.floats(min_value=0, max_value=10))),
             reason="drawn",
             completed=draw(st.sampled_from([None, *STEP_ORDER[:-1]])),
@@ -139,6 +143,7 @@ def records(draw: st.DrawFn) -> RecordedState:
         recovering_since=_ago(draw(ages)) if draw(st.booleans()) else None,
         uncertain_since=_ago(draw(ages)) if draw(st.booleans()) else None,
         failover=failover,
+        superseded=tuple(draw(st.lists(st.sampled_from([A, B]), max_size=2, unique=True))),
     )
 
 
@@ -168,6 +173,7 @@ def near_promotion(draw: st.DrawFn) -> ShardFacts:
         policy=policy,
         now=T0,
         switchover_to=draw(st.sampled_from([None, A, B, B, "inbox-1-c"])),
+        force_promote_to=draw(st.sampled_from([None, None, None, B, A, "inbox-1-c"])),
     )
 
 
@@ -184,6 +190,7 @@ def anything(draw: st.DrawFn) -> ShardFacts:
         policy=draw(policies),
         now=T0,
         switchover_to=draw(st.one_of(st.none(), st.none(), st.sampled_from([A, B, "inbox-1-c", ""]))),
+        force_promote_to=draw(st.one_of(st.none(), st.none(), st.none(), st.sampled_from([A, B, "inbox-1-c"]))),
     )
 
 
@@ -200,9 +207,9 @@ def test_every_shard_gets_one_action_with_a_reason_and_the_same_one_every_time(f
 
 @SETTINGS
 @given(facts=shards())
-def test_uncertain_never_promotes_nor_acts(facts: ShardFacts) -> None:
+def test_uncertain_never_promotes_nor_acts_unless_a_human_forces_it(facts: ShardFacts) -> None:
     decision = decide(facts)
-    if decision.diagnosis is Diagnosis.UNCERTAIN:
+    if decision.diagnosis is Diagnosis.UNCERTAIN and facts.force_promote_to is None:
         assert decision.action in (Action.WAIT, Action.RAISE_ALARM, Action.REJECT_SWITCHOVER)
         assert decision.record.master == facts.recorded.master
         assert decision.record.failover is None
@@ -219,13 +226,32 @@ def test_a_promotion_names_the_one_other_member_and_only_if_it_is_up_unfenced_an
     master = facts.recorded.master
     assert master is not None
     assert decision.member == facts.other(master).name != master
+    assert decision.member not in decision.record.superseded
+    progress = decision.record.failover
+    assert progress is not None
+    assert (progress.source, progress.target, progress.completed) == (master, decision.member, None)
+    if decision.action is Action.FORCE_PROMOTION:
+        # A human accepted the loss: lag and delay do not count, but the target must answer, unfenced.
+        assert facts.force_promote_to == decision.member
+        assert progress.forced
+        assert not progress.planned
+        assert decision.diagnosis in (
+            Diagnosis.MASTER_DOWN,
+            Diagnosis.BOTH_DOWN,
+            Diagnosis.MASTER_FENCED,
+            Diagnosis.UNCERTAIN,
+        )
+        health = diagnose(facts).of(decision.member)
+        report = facts.member(decision.member).report
+        assert health.up
+        assert report is not None
+        assert not report.fenced
+        return
     assert promotion_refusal(facts, diagnose(facts), decision.member) is None
     lag = lag_bound(facts.member(decision.member), facts.now, resolution=facts.policy.poll_interval_seconds)
     assert lag is not None
     assert lag <= facts.policy.max_lag_seconds
-    progress = decision.record.failover
-    assert progress is not None
-    assert (progress.source, progress.target, progress.completed) == (master, decision.member, None)
+    assert not progress.forced
     if decision.action is Action.START_FAILOVER:
         assert decision.diagnosis is Diagnosis.MASTER_DOWN
         assert facts.policy.enabled
@@ -240,7 +266,11 @@ def test_a_promotion_names_the_one_other_member_and_only_if_it_is_up_unfenced_an
 @given(facts=shards())
 def test_with_failover_disabled_the_operator_only_reports_unless_a_human_asked(facts: ShardFacts) -> None:
     progress = facts.recorded.failover
-    human_asked = facts.switchover_to is not None or (progress is not None and progress.planned)
+    human_asked = (
+        facts.switchover_to is not None
+        or facts.force_promote_to is not None
+        or (progress is not None and (progress.planned or progress.forced))
+    )
     if facts.policy.enabled or human_asked:
         return
     decision = decide(facts)
@@ -281,6 +311,12 @@ def test_only_the_matching_diagnosis_leads_to_each_acting_action(facts: ShardFac
         Action.CONTINUE_FAILOVER: {Diagnosis.FAILOVER_IN_PROGRESS},
         Action.ABORT_FAILOVER: {Diagnosis.FAILOVER_IN_PROGRESS},
         Action.DRAIN_THEN_SWITCH: {Diagnosis.HEALTHY},
+        Action.FORCE_PROMOTION: {
+            Diagnosis.MASTER_DOWN,
+            Diagnosis.BOTH_DOWN,
+            Diagnosis.MASTER_FENCED,
+            Diagnosis.UNCERTAIN,
+        },
     }
     if decision.action in only_from:
         assert decision.diagnosis in only_from[decision.action]
@@ -295,7 +331,12 @@ def test_a_failover_only_moves_forward_and_a_recorded_step_is_never_asked_for_ag
     decision = decide(facts)
     after = decision.record.failover
     if after is not None:
-        assert (after.source, after.target, after.planned) == (progress.source, progress.target, progress.planned)
+        assert (after.source, after.target, after.planned, after.forced) == (
+            progress.source,
+            progress.target,
+            progress.planned,
+            progress.forced,
+        )
         assert step_index(after.completed) >= step_index(progress.completed)
     if decision.action is Action.CONTINUE_FAILOVER:
         refencing = decision.step is FailoverStep.FENCE_OLD_MASTER and decision.record == facts.recorded
@@ -362,3 +403,23 @@ def test_flapping_never_promotes_before_the_delay_since_the_first_fall_and_never
             if second - back_since >= delay:
                 episode_start = back_since = None
     assert promoted_at == due
+
+
+@SETTINGS
+@given(facts=shards())
+def test_superseded_lists_only_old_masters_never_the_master_kept_or_the_one_promoted(facts: ShardFacts) -> None:
+    """A member leaves the list by being demoted or kept as master; it joins it only as an old master not told."""
+    decision = decide(facts)
+    before, after = set(facts.recorded.superseded), set(decision.record.superseded)
+    progress = facts.recorded.failover
+    for joined in after - before:
+        assert progress is not None
+        assert joined == progress.source
+        assert decision.step is FailoverStep.FENCE_OLD_MASTER
+        assert decision.member is None
+    for left in before - after:
+        demoted = decision.action is Action.RESEED_REPLICA or decision.step is FailoverStep.REJOIN_OLD_MASTER
+        kept = decision.action is Action.ABORT_FAILOVER
+        promoted = decision.action in PROMOTING
+        assert demoted or kept or promoted
+        assert left == decision.member

@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 from unit_support import resolved_shard
 
+from mailshard.api import ShardRuntimeConfig
 from mailshard.api.constants import SECRETS_DIR
 from mailshard.backends.config import Backend, Role
 from mailshard.backends.contract import ContractError, member_config, pod_contract
+from mailshard.builders.images import BackendImages
 from mailshard.builders.runtime_config import build_runtime_config
+from mailshard.builders.shard import build_shard_manifests
 
 pytestmark = pytest.mark.unit
 
@@ -70,3 +73,32 @@ def test_a_bad_pod_environment_says_what_is_wrong(environment: dict[str, str], m
 def test_an_unlabelled_pod_has_no_initial_role() -> None:
     contract = pod_contract({"MAILSHARD_CONFIG": "/x", "MAILSHARD_MEMBER": "m", "MAILSHARD_INITIAL_ROLE": ""})
     assert contract.initial_role is None
+
+
+@pytest.mark.parametrize(
+    ("superseded", "expected"),
+    [
+        ((), {"inbox-1-a": False, "inbox-1-b": False}),
+        (("inbox-1-a",), {"inbox-1-a": True, "inbox-1-b": False}),
+        (("inbox-1-a", "inbox-1-b"), {"inbox-1-a": True, "inbox-1-b": True}),
+        (("inbox-9-a",), {"inbox-1-a": False, "inbox-1-b": False}),
+    ],
+    ids=["none", "old-master", "both", "not-a-member"],
+)
+def test_a_superseded_old_master_learns_it_from_shard_json(
+    superseded: tuple[str, ...], expected: dict[str, bool]
+) -> None:
+    """What status.superseded lists reaches that member's config, through shard.json's text, and only that one."""
+    written = build_runtime_config(resolved_shard("inbox-1"), superseded=superseded).to_json()
+    shard = ShardRuntimeConfig.from_json(written)
+    assert {m: member_config(shard, m, users_file=USERS).superseded for m in expected} == expected
+
+
+def test_recording_a_superseded_member_changes_the_config_map_but_not_the_pod_template() -> None:
+    shard = resolved_shard("inbox-1")
+    images = BackendImages.for_version("0.0.0")
+    plain = build_shard_manifests(shard, master="inbox-1-b", images=images)
+    fenced = build_shard_manifests(shard, master="inbox-1-b", images=images, superseded=("inbox-1-a",))
+    assert plain.config_map != fenced.config_map
+    assert '"superseded": [\n    "inbox-1-a"\n  ]' in fenced.config_map["data"]["shard.json"]
+    assert plain.statefulsets == fenced.statefulsets, "recording it must never roll the members"

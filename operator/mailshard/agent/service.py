@@ -241,13 +241,23 @@ class Agent:
         Its role file still says master, but a failover may have promoted the
         peer meanwhile. Starting as master would run its replicator at once, and
         dsync would push the messages it accepted but never replicated into the
-        new master, beside their journal replays. So it asks the peer first and
-        fences itself when the peer is master; the operator then demotes and
-        re-seeds it. When the peer cannot be asked (a cold start of the whole
-        pair), it starts as recorded: the operator's routing fence and split-brain
-        repair cover that case.
+        new master, beside their journal replays. So it reads the shard's
+        contract first: when a failover replaced it without being able to fence
+        it, the operator recorded it there as superseded (``shard.json``), and
+        it starts fenced whatever it can reach. Otherwise it asks the peer and
+        fences itself when the peer is master. Either way the operator then
+        demotes and re-seeds it. When neither says so (a cold start of the whole
+        pair), it starts as recorded: the operator's routing fence and
+        split-brain repair cover that case.
         """
-        if self.member.mode is not ServingMode.MASTER or self.config is None or self.config.peer is None:
+        if self.member.mode is not ServingMode.MASTER or self.config is None:
+            return
+        if self.config.superseded:
+            self.fence.set(f"fenced at start, {_iso(time.time())}: the shard's contract says a failover superseded it")
+            self.member = MemberState(role=self.member.role, fenced=True)
+            log.warning("the shard's contract says a failover superseded this master: starting fenced")
+            return
+        if self.config.peer is None:
             return
         for _ in range(STARTUP_PEER_TRIES):
             await self._observe_peer()

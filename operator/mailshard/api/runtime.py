@@ -14,6 +14,12 @@ Deliberately *not* in here:
 - secrets. The replication password and the agent's API token are files of the
   `<shard>-replication` Secret; this file only names their paths.
 
+One field is not derived from the spec but from failover: `superseded`, the
+old masters that must never serve as master again before they are re-seeded
+(see `mailshard.failover.decide`). It lives here because it must be on the
+member's side before the member starts, whatever it can reach then; it is left
+out of the pod template's config hash, so recording it never rolls the pods.
+
 Unknown keys are ignored, so that a config written by a newer operator does not
 stop an older agent that reads it before its pod is replaced; `schemaVersion`
 changes when a field changes meaning.
@@ -107,6 +113,14 @@ class ShardRuntimeConfig(_ContractModel):
         default=f"{SECRETS_DIR}/{AGENT_TOKEN_KEY}",
         description="File holding the bearer token the operator presents to the agent's API.",
     )
+    superseded: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Members that were master when a failover replaced them without being able to fence them "
+            "(`status.superseded`). A listed member's agent reads this before it serves and, if its role "
+            "file still says master, starts fenced instead."
+        ),
+    )
 
     @model_validator(mode="after")
     def _distinct_members(self) -> ShardRuntimeConfig:
@@ -129,8 +143,12 @@ class ShardRuntimeConfig(_ContractModel):
         return second if first.name == name else first
 
     def to_json(self) -> str:
-        """The exact text of `shard.json`: stable key order, so identical configs hash identically."""
-        return self.model_dump_json(indent=2) + "\n"
+        """The exact text of `shard.json`: stable key order, so identical configs hash identically.
+
+        `superseded` is written only when it lists someone, so a shard that never
+        needed it keeps the text, and the config hash, it had before the field existed.
+        """
+        return self.model_dump_json(indent=2, exclude=None if self.superseded else {"superseded"}) + "\n"
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ShardRuntimeConfig:

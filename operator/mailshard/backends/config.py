@@ -99,6 +99,8 @@ class MemberRuntimeConfig(_Model):
     users_file: Path
     doveadm_password: SecretStr | None = None
     doveadm_password_file: Path | None = None
+    superseded: bool = False
+    """A failover replaced this member as master without fencing it: it must not start as master (``shard.json``)."""
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MemberRuntimeConfig:

@@ -60,6 +60,7 @@ def member_config(shard: ShardRuntimeConfig, member: str, *, users_file: Path) -
         compression=shard.compression is not Compression.NONE,
         users_file=users_file,
         doveadm_password_file=Path(shard.replication.password_file),
+        superseded=member in shard.superseded,
     )
 
 

@@ -17,8 +17,8 @@ from mailshard.builders.metadata import COMPONENT_CONFIG, object_metadata
 from mailshard.builders.names import config_map_name, member_host
 
 
-def build_runtime_config(shard: ResolvedShard) -> ShardRuntimeConfig:
-    """The `shard.json` both members' agents read."""
+def build_runtime_config(shard: ResolvedShard, *, superseded: tuple[str, ...] = ()) -> ShardRuntimeConfig:
+    """The `shard.json` both members' agents read; `superseded` from the shard's status (see `api.runtime`)."""
     first, second = shard.members
     spec = shard.spec
     return ShardRuntimeConfig(
@@ -36,19 +36,24 @@ def build_runtime_config(shard: ResolvedShard) -> ShardRuntimeConfig:
         ),
         compression=spec.compression,
         mailboxes=spec.capacity.mailboxes,
+        superseded=tuple(member for member in superseded if member in shard.members),
     )
 
 
 def runtime_config_hash(config: ShardRuntimeConfig) -> str:
-    """SHA-256 of the exact file content, for the pod template annotation."""
+    """SHA-256 of the exact file content, for the pod template annotation.
+
+    The template hashes the config the spec alone gives (no `superseded`): a
+    failover recording an old master there must not start a rollout.
+    """
     return hashlib.sha256(config.to_json().encode()).hexdigest()
 
 
-def build_config_map(shard: ResolvedShard) -> dict[str, Any]:
+def build_config_map(shard: ResolvedShard, *, superseded: tuple[str, ...] = ()) -> dict[str, Any]:
     """The ConfigMap `<shard>-config` with the key `shard.json`."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_metadata(shard, config_map_name(shard.name), COMPONENT_CONFIG),
-        "data": {SHARD_CONFIG_KEY: build_runtime_config(shard).to_json()},
+        "data": {SHARD_CONFIG_KEY: build_runtime_config(shard, superseded=superseded).to_json()},
     }

@@ -41,11 +41,16 @@ class ShardManifests:
         ]
 
 
-def build_shard_manifests(shard: ResolvedShard, *, master: str, images: BackendImages) -> ShardManifests:
-    """The manifests of `shard` with `master` (one of `shard.members`) as its master member."""
+def build_shard_manifests(
+    shard: ResolvedShard, *, master: str, images: BackendImages, superseded: tuple[str, ...] = ()
+) -> ShardManifests:
+    """The manifests of `shard` with `master` (one of `shard.members`) as its master member.
+
+    `superseded` is `status.superseded`: the old masters the shard's contract tells never to start as master.
+    """
     first, second = shard.members
     return ShardManifests(
-        config_map=build_config_map(shard),
+        config_map=build_config_map(shard, superseded=superseded),
         member_services=(build_member_service(shard, first), build_member_service(shard, second)),
         master_service=build_master_service(shard),
         statefulsets=(

@@ -35,11 +35,19 @@ from typing import Any, Protocol
 import pydantic
 
 from mailshard.api.constants import AGENT_TOKEN_KEY, LABEL_SHARD
-from mailshard.api.v1alpha1 import ConditionStatus, MailShard, MemberRole, ShardConditionType, member_names
+from mailshard.api.v1alpha1 import (
+    ConditionStatus,
+    FailoverCause,
+    MailShard,
+    MemberRole,
+    ShardConditionType,
+    member_names,
+)
 from mailshard.builders import Problem
 from mailshard.builders.names import pod_name
 from mailshard.builders.status import was_established
 from mailshard.failover import (
+    FORCE_PROMOTE_ANNOTATION,
     SWITCHOVER_ANNOTATION,
     Action,
     Decision,
@@ -230,6 +238,7 @@ class FailoverMonitor:
             self._publish_views(key, memory)
             return settings.policy.poll_interval_seconds
         now = self.clock()
+        annotations = body["metadata"].get("annotations") or {}
         facts = ShardFacts(
             members=(
                 _facts(members[0], member_pods[members[0]], memory),
@@ -238,7 +247,8 @@ class FailoverMonitor:
             recorded=memory.record,
             policy=settings.policy,
             now=now,
-            switchover_to=(body["metadata"].get("annotations") or {}).get(SWITCHOVER_ANNOTATION),
+            switchover_to=annotations.get(SWITCHOVER_ANNOTATION),
+            force_promote_to=annotations.get(FORCE_PROMOTE_ANNOTATION),
         )
         decision = decide(facts)
         done = await self._carry_out(body, memory, member_pods, settings, decision)
@@ -355,27 +365,30 @@ class FailoverMonitor:
         if action is Action.WAIT and memory.alarm is not None and memory.alarm.reason == decision.diagnosis.value:
             return  # still the same trouble, merely not worth a new alarm this tick
         memory.alarmed, memory.alarm = None, None
-        if action in (Action.START_FAILOVER, Action.DRAIN_THEN_SWITCH, Action.ABORT_FAILOVER):
+        if action in (Action.START_FAILOVER, Action.DRAIN_THEN_SWITCH, Action.ABORT_FAILOVER, Action.FORCE_PROMOTION):
             self.events.record(
                 body, "Warning" if action is not Action.DRAIN_THEN_SWITCH else "Normal", action.value, decision.reason
             )
         elif action is Action.REJECT_SWITCHOVER:
             self.events.record(body, "Warning", action.value, decision.reason)
-            _remove_switchover_request(self.api, meta)
+            _remove_request(self.api, meta, SWITCHOVER_ANNOTATION)
+        elif action is Action.REJECT_FORCED_PROMOTION:
+            self.events.record(body, "Warning", action.value, decision.reason)
+            _remove_request(self.api, meta, FORCE_PROMOTE_ANNOTATION)
         elif action is Action.MARK_FAILING:
             self.events.record(body, "Warning", "MasterDown", decision.reason)
         elif action is Action.CONTINUE_FAILOVER and decision.step is FailoverStep.RECORD:
             last = decision.record.last_failover
-            planned = memory.record.failover is not None and memory.record.failover.planned
-            reason = "Switchover" if planned else "MasterDown"
-            self.metrics.failovers.labels(namespace=meta["namespace"], shard=meta["name"], reason=reason).inc()
+            finished = memory.record.failover
+            cause = finished.cause if finished is not None else FailoverCause.MASTER_DOWN
+            self.metrics.failovers.labels(namespace=meta["namespace"], shard=meta["name"], reason=cause.value).inc()
             if last is not None and last.duration_seconds is not None:
                 self.metrics.failover_duration.observe(last.duration_seconds)
-            self.events.record(
-                body, "Normal", "FailoverCompleted" if not planned else "SwitchoverCompleted", decision.reason
-            )
-            if planned:
-                _remove_switchover_request(self.api, meta)
+            self.events.record(body, "Normal", _COMPLETED_EVENTS[cause], decision.reason)
+            if cause is FailoverCause.SWITCHOVER:
+                _remove_request(self.api, meta, SWITCHOVER_ANNOTATION)
+            elif cause is FailoverCause.FORCED_PROMOTION:
+                _remove_request(self.api, meta, FORCE_PROMOTE_ANNOTATION)
         elif action is Action.CONTINUE_FAILOVER and progress is not None:
             log.info("%s/%s: %s", meta["namespace"], meta["name"], decision.reason)
 
@@ -418,9 +431,16 @@ def _stored_alarm(shard: MailShard) -> tuple[Problem | None, tuple[str, str] | N
 _DIAGNOSES = frozenset(diagnosis.value for diagnosis in Diagnosis)
 
 
-def _remove_switchover_request(api: KubeApi, meta: Mapping[str, Any]) -> None:
-    """The request is answered (done or refused): remove it, so it is not acted on again."""
-    patch = {"metadata": {"annotations": {SWITCHOVER_ANNOTATION: None}}}
+_COMPLETED_EVENTS = {
+    FailoverCause.MASTER_DOWN: "FailoverCompleted",
+    FailoverCause.SWITCHOVER: "SwitchoverCompleted",
+    FailoverCause.FORCED_PROMOTION: "ForcedPromotionCompleted",
+}
+
+
+def _remove_request(api: KubeApi, meta: Mapping[str, Any], annotation: str) -> None:
+    """A human's request is answered (done or refused): remove it, so it is not acted on again."""
+    patch = {"metadata": {"annotations": {annotation: None}}}
     api.merge_patch("MailShard", meta["name"], meta["namespace"], patch)
 
 

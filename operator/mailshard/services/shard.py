@@ -124,7 +124,8 @@ class ShardReconciler:
             master = self._choose_master(shard, previous)
             routed = previous.routed_member if previous is not None and previous.master is not None else master
             self._ensure_secret(shard)
-            created, reverted = self._ensure_children(shard, master)
+            superseded = previous.superseded if previous is not None else ()
+            created, reverted = self._ensure_children(shard, master, superseded)
             self._ensure_volume_sizes(shard)
             self._ensure_pod_roles(shard, routed)
             observation = self._observe(shard, master, previous, fenced=_fence_request(body))
@@ -209,9 +210,13 @@ class ShardReconciler:
         )
         self.api.create(build_replication_secret(shard, credentials))
 
-    def _ensure_children(self, shard: ResolvedShard, master: str) -> tuple[list[str], list[str]]:
+    def _ensure_children(
+        self, shard: ResolvedShard, master: str, superseded: tuple[str, ...]
+    ) -> tuple[list[str], list[str]]:
         """Apply each child that is missing or differs; returns (created, reverted) descriptions."""
-        manifests = build_shard_manifests(shard, master=master, images=self.images).in_apply_order()
+        manifests = build_shard_manifests(
+            shard, master=master, images=self.images, superseded=superseded
+        ).in_apply_order()
         changes = ensure_children(self.api, shard.namespace, manifests, keep_live=_keep_immutable_fields)
         return changes.created, changes.reverted
 
