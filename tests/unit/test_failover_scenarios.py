@@ -489,3 +489,8 @@ def test_the_policy_takes_the_shards_resolved_settings_and_the_default_detection
     assert policy.recovery_window_seconds == 7
     with pytest.raises(ValueError, match="must be positive"):
         FailoverPolicy(enabled=True, delay_seconds=1, max_lag_seconds=30, missed_polls=0)
+
+
+def test_the_spec_default_delay_is_the_one_the_detection_budget_calls_for() -> None:
+    """`failover.policy` justifies 1 s; a shard that sets nothing must get exactly that."""
+    assert FailoverSettings().delay_seconds == RECOMMENDED_DELAY_SECONDS == 1

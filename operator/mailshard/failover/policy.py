@@ -15,7 +15,7 @@ Both conditions, so that neither a burst of fast failures nor the operator
 itself stalling (its own GC, a hung API call: no poll is attempted, so none
 fails) can make a member silent.
 
-**Why `failover.delaySeconds` should default to 1 s, not 5.** The goal is
+**Why `failover.delaySeconds` defaults to 1 s.** The goal is
 master killed → mail served by the replica in ≤ 5 s at p99. Worst case, a
 silent death (pod or node gone, nobody to report it), master killed at t = 0:
 
@@ -31,12 +31,12 @@ re-point routing, record; about six API and agent
 calls of 0.1-0.3 s each
 ====================================================  ============
 
-So d = 1 gives 4.5-5 s at worst, inside the goal; the current default d = 5
-gives 8.5-9 s, and the goal cannot be met without changing it. (A master
-whose pod still looks Ready also needs the replica's agent to have lost it
-for 2 s, which happens in the same time only if the agent's own peer poll
-fails within a second: connection refused does, a dropped packet must time
-out.) The false positives the numbers must still absorb:
+So the default d = 1 gives 4.5-5 s at worst, inside the goal; d = 5 would
+give 8.5-9 s, and the goal could not be met. (A master whose pod still looks
+Ready also needs the replica's agent to have lost it for 2 s, which happens in
+the same time only if the agent's own peer poll fails within a second:
+connection refused does, a dropped packet must time out.) The false positives
+the numbers must still absorb:
 
 - A brief network blip, or the agent stalling (CPython's GC pauses are
   milliseconds; a multi-second stall means CPU throttling or swapping): the
