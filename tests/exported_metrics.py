@@ -9,9 +9,12 @@ never fire. A new instrument that is not given a sample here fails too.
 
 from __future__ import annotations
 
+import datetime
 import re
 
+from mailshard.api.routing import RoutingTable, as_written_at
 from mailshard.metrics import ClusterFacts, OperatorMetrics, ShardFacts
+from mailshard.proxy.metrics import SidecarMetrics
 
 _METRIC = re.compile(r"\b(mailshard_[a-z_]+)")
 _MATCHERS = re.compile(r"\b(mailshard_[a-z_]+)\{([^}]*)\}")
@@ -31,8 +34,13 @@ def exported_samples() -> dict[str, set[str]]:
     operator.api_writes.labels(verb="apply", kind="StatefulSet").inc()
     operator.shards.update("n", "s", ShardFacts(phase="Healthy", lag_seconds=0.5))
     operator.clusters.update("n", "c", ClusterFacts(proxies_ready=1, proxies_desired=2))
+    sidecar = SidecarMetrics("n", "c")
+    written = as_written_at(datetime.datetime.now(datetime.UTC))
+    table = RoutingTable(version=2, slots=(None,), written_at=written)
+    sidecar.applied(table, replaced=RoutingTable(version=1, slots=(None,)), at=written.timestamp() + 0.2)
+    sidecar.refused()
     names: dict[str, set[str]] = {}
-    for registry in (operator.registry,):
+    for registry in (operator.registry, sidecar.registry):
         for family in registry.collect():
             assert family.samples, f"{family.name} has no sample: give it one in exported_samples()"
             for sample in family.samples:

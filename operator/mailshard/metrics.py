@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -157,3 +157,9 @@ class OperatorMetrics:
             ["verb", "kind"],
             registry=self.registry,
         )
+
+
+def serve_metrics(address: str, registry: CollectorRegistry) -> None:
+    """Serve `registry` at http://`address`/metrics from a daemon thread; `address` is `[host]:port` (no host: all)."""
+    host, _colon, port = address.rpartition(":")
+    start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)

@@ -15,6 +15,8 @@ import contextlib
 import logging
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -24,12 +26,13 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from operator_support import REPO, eventually, kubectl
+from operator_support import REPO, eventually, free_port, kubectl
 
 from mailshard.api import proxy_pod
 from mailshard.api.routing import TABLE_KEY, RoutingTable, ShardRoute, ShardState, parse_table, render_table
 from mailshard.proxy.sidecar import watch
 from mailshard_harness.identity import service_account_kubeconfig
+from mailshard_harness.testing import Samples, sample, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
 
@@ -189,6 +192,72 @@ def test_the_proxies_identity_reads_its_routing_table_and_nothing_else(
         assert written >= version
     finally:
         stop.set()
+
+
+def test_the_sidecar_process_serves_its_metrics_and_measures_route_propagation(
+    api_client: client.ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    """`python -m mailshard.proxy follow` exactly as the pod runs it, as the pod's identity, scraped on its port."""
+    apply_examples(kubeconfig, namespace)
+    core = client.CoreV1Api(api_client)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    eventually(lambda: _get(rbac.read_namespaced_role_binding, namespace), what="the RoleBinding")
+    eventually(lambda: _get(core.read_namespaced_config_map, namespace, "demo-routing"), what="the table")
+    identity = service_account_kubeconfig(api_client, kubeconfig, namespace, PROXY, tmp_path / "proxy.kubeconfig")
+    deployment = client.AppsV1Api(api_client).read_namespaced_deployment(PROXY, namespace)
+    routing = next(c for c in deployment.spec.template.spec.containers if c.name == "routing")
+    assert [(p.name, p.container_port) for p in routing.ports] == [("metrics", proxy_pod.METRICS_PORT)]
+    args = list(routing.args)
+    port = free_port()
+    args[args.index("--metrics-address") + 1] = f"127.0.0.1:{port}"  # the pod's :9090, on a free loopback port
+    args[args.index("--dir") + 1] = str(tmp_path / "state")
+    log = tmp_path / "sidecar.log"
+    with log.open("wb") as out:
+        sidecar = subprocess.Popen(
+            [sys.executable, *args, "--kubeconfig", str(identity)], stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}/metrics"
+    labels = {"namespace": namespace, "cluster": "demo"}
+
+    def table() -> RoutingTable:
+        return parse_table(core.read_namespaced_config_map("demo-routing", namespace).data[TABLE_KEY])
+
+    def in_force(newer_than: float) -> Samples | None:
+        assert sidecar.poll() is None, log.read_text()
+        try:
+            samples = scrape(url)
+        except OSError:
+            return None
+        found = sample(samples, "mailshard_proxy_routing_table_version", **labels)
+        return samples if found is not None and found > newer_than else None
+
+    try:
+        samples = eventually(lambda: in_force(0), timeout=30, what="the sidecar serving a first table")
+        first = sample(samples, "mailshard_proxy_routing_table_version", **labels) or 0
+        assert first <= table().version
+        applied = sample(samples, "mailshard_proxy_routing_table_applied_timestamp_seconds", **labels)
+        assert applied is not None
+        assert time.time() - 60 < applied <= time.time()
+        assert sample(samples, "mailshard_proxy_routing_tables_refused_total", **labels) == 0
+
+        # A change of route (a fenced shard) is a new version the operator stamps; the sidecar measures its delay.
+        kubectl(kubeconfig, "annotate", "-n", namespace, "mailshard", "dovecot-1", "mailshard.io/fenced=true")
+        fenced = eventually(
+            lambda: (t := table()).shards["dovecot-1"].state is ShardState.FENCED and t,
+            timeout=30,
+            what="the shard fenced in a new table version",
+        )
+        assert fenced.written_at is not None
+        assert abs(time.time() - fenced.written_at.timestamp()) < 60
+        samples = eventually(lambda: in_force(fenced.version - 1), timeout=30, what="the sidecar taking it")
+        observed = sample(samples, "mailshard_proxy_route_propagation_seconds_count", **labels) or 0
+        delay = sample(samples, "mailshard_proxy_route_propagation_seconds_sum", **labels) or 0
+        assert observed >= 1
+        assert 0 <= delay / observed < 10, delay / observed
+        print(f"route propagation operator write -> sidecar applied: {delay / observed:.3f} s on average")
+    finally:
+        sidecar.terminate()
+        sidecar.wait(10)
 
 
 def start_sidecar(cluster: str, namespace: str, kubeconfig: Path, tmp_path: Path) -> tuple[Path, threading.Event]:

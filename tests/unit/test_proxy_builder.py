@@ -91,6 +91,10 @@ def test_the_container_arguments_are_what_the_command_line_accepts() -> None:
     assert "port = 993\n    ssl = yes\n" in conf
     follow = parser().parse_args(routing["args"][2:])
     assert (follow.cluster, follow.namespace, follow.dir) == ("demo", "mail", proxy_pod.STATE_DIR)
+    # The sidecar serves its metrics on the port the pod declares, by name, for a PodMonitor.
+    assert follow.metrics_address == f":{proxy_pod.METRICS_PORT}"
+    assert routing["ports"] == [{"name": "metrics", "containerPort": proxy_pod.METRICS_PORT, "protocol": "TCP"}]
+    assert "metrics" not in {port["name"] for port in proxy["ports"]}
     # The sidecar is ready once it has written the file the proxy's passdb reads.
     assert routing["readinessProbe"]["exec"]["command"] == ["test", "-s", str(settings.routes_file)]
     assert proxy["readinessProbe"]["tcpSocket"]["port"] == "imap"

@@ -8,6 +8,8 @@ slot out of 1024.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 from typing import Any
 
@@ -22,6 +24,7 @@ from mailshard.api.routing import (
     RoutingTableError,
     ShardRoute,
     ShardState,
+    as_written_at,
     canonical_user,
     parse_overrides,
     parse_table,
@@ -147,6 +150,21 @@ def test_a_failover_changes_the_version_and_one_row_only() -> None:
     assert [a.split(":")[0].strip() for a, _ in changed] == ['"version"', '"inbox-1"']
 
 
+def test_the_write_time_is_one_line_after_the_version_in_utc_milliseconds_and_routes_nobody() -> None:
+    berlin = datetime.timezone(datetime.timedelta(hours=2))
+    written = as_written_at(datetime.datetime(2025, 6, 1, 14, 0, 0, 125999, tzinfo=berlin))
+    assert written == datetime.datetime(2025, 6, 1, 12, 0, 0, 125000, tzinfo=datetime.UTC)
+    table = dataclasses.replace(example_table(), written_at=written)
+    text = render_table(table)
+    assert text.splitlines()[3:5] == ['  "version": 7,', '  "writtenAt": "2025-06-01T12:00:00.125Z",']
+    assert render_table(example_table()) == EXAMPLE_DOCUMENT  # a table without one renders as before
+    assert parse_table(text) == table
+    assert parse_table(text).written_at == written
+    assert table.same_routes(example_table())
+    later = dataclasses.replace(table, written_at=written.replace(second=9))
+    assert succession_problems(table, later) == []  # the same routes written again: not a reused version
+
+
 def test_an_empty_table_renders_and_parses() -> None:
     table = RoutingTable(version=1, slots=(None,) * 1024)
     text = render_table(table)
@@ -155,6 +173,7 @@ def test_an_empty_table_renders_and_parses() -> None:
     assert parse_table(text) == table
 
 
+MIN_WRITTEN, MAX_WRITTEN = datetime.datetime(2000, 1, 1), datetime.datetime(2999, 12, 31)
 shard_names = st.sampled_from(["inbox-1", "inbox-2", "archive-7", "x"])
 rows = st.builds(
     ShardRoute,
@@ -172,7 +191,14 @@ def tables(draw: st.DrawFn) -> RoutingTable:
     slots = draw(st.lists(owners, min_size=1, max_size=64))
     users = st.text(min_size=1, max_size=12).map(canonical_user)
     overrides = draw(st.dictionaries(users, st.sampled_from(sorted(shards)), max_size=5)) if shards else {}
-    return RoutingTable(version=draw(st.integers(1, 10**9)), slots=tuple(slots), shards=shards, overrides=overrides)
+    written_at = draw(st.none() | st.datetimes(MIN_WRITTEN, MAX_WRITTEN, timezones=st.just(datetime.UTC)))
+    return RoutingTable(
+        version=draw(st.integers(1, 10**9)),
+        slots=tuple(slots),
+        shards=shards,
+        overrides=overrides,
+        written_at=as_written_at(written_at) if written_at is not None else None,
+    )
 
 
 @settings(max_examples=300, database=None)
@@ -217,6 +243,10 @@ def document(**changes: Any) -> str:
         (document(shards={"Inbox_1": {"state": "missing"}}), "not a valid shard name"),
         (document(shards={"inbox-1": {"state": "serving"}}), "is serving but does not name its master"),
         (document(shards={"inbox-1": {"state": "missing", "weight": 3}}), "unknown fields ['weight']"),
+        (document(writtenAt="2025-06-01T12:00:00Z"), "writtenAt must be a UTC time like"),
+        (document(writtenAt="2025-06-01T12:00:00.125+02:00"), "writtenAt must be a UTC time like"),
+        (document(writtenAt="2025-13-01T12:00:00.125Z"), "writtenAt must be a UTC time like"),
+        (document(writtenAt=1748779200.125), "writtenAt must be a UTC time like"),
     ],
 )
 def test_malformed_documents_are_refused_with_a_clear_problem(text: str, expected: str) -> None:

@@ -18,6 +18,8 @@ TLS_DIR: Final = Path("/etc/mailshard/tls")
 """Where the cluster's kubernetes.io/tls Secret is mounted: tls.crt and tls.key."""
 TLS_CERT_FILE: Final = "tls.crt"
 TLS_KEY_FILE: Final = "tls.key"
+METRICS_PORT: Final = 9090
+"""Where the routing sidecar serves its Prometheus metrics (`mailshard.proxy.metrics`), port name `metrics`."""
 
 
 def conf_dir(state_dir: Path) -> Path:

@@ -26,9 +26,12 @@ lookup has three steps, and only the last one changes at a failover:
 
 The document is JSON, written by `render_table` one shard row, slot run and
 override per line with sorted keys, so two versions differ by the lines that
-really changed: a failover is the version line plus one shard row. `version`
-only ever grows; `validate_table` is what a proxy sidecar runs before taking a
-new document, and refuses one that is malformed or older than what it has.
+really changed: a failover is the version and `writtenAt` lines plus one shard
+row. `version` only ever grows; `validate_table` is what a proxy sidecar runs
+before taking a new document, and refuses one that is malformed or older than
+what it has. `writtenAt` (optional, RFC 3339 UTC with milliseconds) is when the
+operator published that version; it routes nobody, and lets a proxy measure
+how long a new table took to reach it.
 
 This module is pure and imports nothing from Kubernetes, so a proxy sidecar
 can use it alone.
@@ -36,6 +39,7 @@ can use it alone.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import hashlib
 import json
@@ -137,13 +141,15 @@ class RoutingTable:
     shards: Mapping[str, ShardRoute] = field(default_factory=dict)
     overrides: Mapping[str, str] = field(default_factory=dict)
     """Canonical user name → shard name."""
+    written_at: datetime.datetime | None = None
+    """When the operator published this version (UTC, whole milliseconds); None in a document without it."""
 
     @property
     def slot_count(self) -> int:
         return len(self.slots)
 
     def same_routes(self, other: RoutingTable) -> bool:
-        """Whether the two tables route every user alike (everything but the version is equal)."""
+        """Whether the two tables route every user alike (everything but the version and write time is equal)."""
         return (
             self.slots == other.slots
             and dict(self.shards) == dict(other.shards)
@@ -222,17 +228,31 @@ def render_table(table: RoutingTable) -> str:
     shards = [f"{_line(name)}: {_line(table.shards[name].to_document())}" for name in sorted(table.shards)]
     slots = [_line([first, last, owner]) for first, last, owner in table.runs()]
     overrides = [f"{_line(user)}: {_line(table.overrides[user])}" for user in sorted(table.overrides)]
+    written = f'  "writtenAt": {_line(format_written_at(table.written_at))},\n' if table.written_at is not None else ""
     return (
         "{\n"
         f'  "format": {FORMAT},\n'
         f'  "hash": {_line(HASH)},\n'
         f'  "version": {table.version},\n'
+        f"{written}"
         f'  "slotCount": {table.slot_count},\n'
         f'  "shards": {_block("{", "}", shards)},\n'
         f'  "slots": {_block("[", "]", slots)},\n'
         f'  "overrides": {_block("{", "}", overrides)}\n'
         "}\n"
     )
+
+
+def as_written_at(when: datetime.datetime) -> datetime.datetime:
+    """`when` as a table's `written_at`: UTC, cut to whole milliseconds, which is what the document carries."""
+    utc = when.astimezone(datetime.UTC)
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+def format_written_at(when: datetime.datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, e.g. `2025-06-01T12:00:00.125Z`."""
+    utc = as_written_at(when)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def table_digest(text: str) -> str:
@@ -300,12 +320,28 @@ def _read_document(document: Any, problems: list[str]) -> RoutingTable | None:
     if not _is_int(slot_count) or not 1 <= slot_count <= MAX_SLOT_COUNT:
         problems.append(f"slotCount must be an integer in 1..{MAX_SLOT_COUNT}, got {slot_count!r}")
         return None
+    written_at = _read_written_at(document.get("writtenAt"), problems)
     shards = _read_shards(document.get("shards"), problems)
     slots = _read_slots(document.get("slots"), slot_count, shards, problems)
     overrides = _read_overrides(document.get("overrides"), shards, problems)
     if problems or slots is None:
         return None
-    return RoutingTable(version=version, slots=slots, shards=shards, overrides=overrides)
+    return RoutingTable(version=version, slots=slots, shards=shards, overrides=overrides, written_at=written_at)
+
+
+_WRITTEN_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def _read_written_at(raw: Any, problems: list[str]) -> datetime.datetime | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str) and _WRITTEN_AT.fullmatch(raw):
+        try:
+            return datetime.datetime.fromisoformat(raw)
+        except ValueError:
+            pass
+    problems.append(f"writtenAt must be a UTC time like 2025-06-01T12:00:00.125Z, got {raw!r}")
+    return None
 
 
 def _read_shards(raw: Any, problems: list[str]) -> dict[str, ShardRoute]:

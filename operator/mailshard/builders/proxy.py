@@ -16,7 +16,8 @@ containers run as the unprivileged mail user, bind the well-known ports
 through the namespaced `ip_unprivileged_port_start` sysctl, and drop every
 capability. Readiness: the proxy's first port accepts connections, and the
 sidecar has written a route file, since a proxy without one refuses every
-login.
+login. The sidecar serves its metrics (the table version in force, route
+propagation) on the pod's `metrics` port for a PodMonitor to scrape.
 """
 
 from __future__ import annotations
@@ -168,8 +169,11 @@ def _deployment(cluster: MailCluster, name: str, image: str) -> dict[str, Any]:
             cluster.metadata.namespace,
             "--dir",
             str(proxy_pod.STATE_DIR),
+            "--metrics-address",
+            f":{proxy_pod.METRICS_PORT}",
         ],
         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "ports": [{"name": "metrics", "containerPort": proxy_pod.METRICS_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "exec": {"command": ["test", "-s", str(proxy_pod.routes_file(proxy_pod.STATE_DIR))]},
             "periodSeconds": 5,

@@ -6,10 +6,9 @@ import logging
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from mailshard.api.constants import GROUP
-from mailshard.metrics import OperatorMetrics
+from mailshard.metrics import OperatorMetrics, serve_metrics
 from mailshard.services.kube import KubeApi
 from mailshard.services.platform import Platform
 
@@ -38,7 +37,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     metrics = OperatorMetrics()
     address = str(getattr(memo, "metrics_address", "") or "")
     if address:
-        host, _colon, port = address.rpartition(":")
-        start_http_server(int(port), addr=host or "0.0.0.0", registry=metrics.registry)
+        serve_metrics(address, metrics.registry)
         log.info("serving metrics on http://%s/metrics", address)
     memo.platform = Platform.build(KubeApi.from_environment(), metrics)

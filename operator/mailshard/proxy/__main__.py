@@ -4,7 +4,8 @@
 into the pod's shared directory and replaces itself with `dovecot -F`, so the
 container's main process is Dovecot and gets the kubelet's signals directly.
 `follow` is the routing sidecar: it watches the cluster's routing table
-through the API and rewrites the route file the proxy's passdb reads. The
+through the API and rewrites the route file the proxy's passdb reads, and
+serves its metrics (`mailshard.proxy.metrics`) on `--metrics-address`. The
 operator's Deployment (`mailshard.builders.proxy`) runs exactly these, and the
 test harness starts its local proxies through `serve` too.
 """
@@ -18,6 +19,8 @@ import pwd
 from pathlib import Path
 
 from mailshard.api import proxy_pod
+from mailshard.metrics import serve_metrics
+from mailshard.proxy.metrics import SidecarMetrics
 from mailshard.proxy.render import PROTOCOLS, ProxyPorts, ProxySettings, render_proxy
 from mailshard.proxy.sidecar import doveadm_runner, watch
 
@@ -79,7 +82,12 @@ def follow(args: argparse.Namespace) -> None:
     state: Path = args.dir
     routes = proxy_pod.routes_file(state)
     routes.parent.mkdir(parents=True, exist_ok=True)
+    metrics = SidecarMetrics(args.namespace, args.cluster)
+    if args.metrics_address:
+        serve_metrics(args.metrics_address, metrics.registry)
+        logging.getLogger("mailshard.proxy").info("serving metrics on http://%s/metrics", args.metrics_address)
     watch(
+        metrics=metrics,
         cluster=args.cluster,
         namespace=args.namespace,
         routes_file=routes,
@@ -105,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
     follow_cmd.add_argument("--namespace", required=True)
     follow_cmd.add_argument("--dir", type=Path, default=proxy_pod.STATE_DIR, help="the pod's shared directory")
     follow_cmd.add_argument("--kubeconfig", help="outside a pod: the kubeconfig to use")
+    follow_cmd.add_argument(
+        "--metrics-address", default="", help="[HOST]:PORT to serve Prometheus metrics on; empty: none"
+    )
     follow_cmd.set_defaults(run=follow)
     return top
 

@@ -18,7 +18,8 @@ ConfigMap through the API instead, and for each new document:
 
 `apply_table` is everything but the API: the mail tier calls it directly (it
 has no API server) and the unit tier tests it with a fake doveadm. `watch`
-adds the Kubernetes watch, reconnecting on errors.
+adds the Kubernetes watch, reconnecting on errors, and tells the sidecar's
+metrics (`mailshard.proxy.metrics`) what each document did.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mailshard.api.routing import TABLE_KEY, RoutingTable, parse_table, route_user, validate_table
+from mailshard.proxy.metrics import SidecarMetrics
 from mailshard.proxy.render import Resolver, render_routes, standard_endpoint
 
 log = logging.getLogger("mailshard.proxy")
@@ -61,6 +63,15 @@ class Applied:
     accepted: bool
     problems: tuple[str, ...] = ()
     kicked: tuple[str, ...] = ()
+    applied_at: float | None = None
+    """When the route file of a new version was in place (Unix time); None when nothing new was applied."""
+
+    def tell(self, metrics: SidecarMetrics, *, replaced: RoutingTable | None) -> None:
+        """Record this outcome in the sidecar's metrics; `replaced` is the table in force before."""
+        if not self.accepted:
+            metrics.refused()
+        elif self.table is not None and self.applied_at is not None:
+            metrics.applied(self.table, replaced=replaced, at=self.applied_at)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -112,6 +123,7 @@ def apply_table(
     routes_file: Path,
     doveadm: Doveadm | None = None,
     resolve: Resolver = standard_endpoint,
+    clock: Callable[[], float] = time.time,
 ) -> Applied:
     """Validate a document, write the route file, kick the sessions whose route moved."""
     problems = validate_table(text, previous=previous)
@@ -122,6 +134,7 @@ def apply_table(
     if previous is not None and table.version == previous.version:
         return Applied(table=previous, accepted=True)
     write_atomically(routes_file, render_routes(table, resolve))
+    applied_at = clock()  # the next login reads the new file; kicking the moved sessions comes after
     kicked: list[str] = []
     if previous is not None and doveadm is not None:
         try:
@@ -132,7 +145,7 @@ def apply_table(
         except (OSError, subprocess.SubprocessError) as error:
             log.warning("could not kick the sessions of moved users: %s", error)
     log.info("routing table version %s in force; kicked %d session user(s)", table.version, len(kicked))
-    return Applied(table=table, accepted=True, kicked=tuple(kicked))
+    return Applied(table=table, accepted=True, kicked=tuple(kicked), applied_at=applied_at)
 
 
 def config_map_text(config_map: Any) -> str | None:
@@ -152,8 +165,9 @@ def watch(
     doveadm: Doveadm,
     kubeconfig: str | None = None,
     resolve: Resolver = standard_endpoint,
+    metrics: SidecarMetrics | None = None,
     stop: Callable[[], bool] = lambda: False,
-) -> None:  # pragma: no cover - needs an API server; exercised by the e2e tier
+) -> None:  # pragma: no cover - needs an API server; exercised by the integration and e2e tiers
     """Follow `<cluster>-routing` for ever: list, then watch from that resourceVersion; reconnect on errors."""
     from kubernetes import client, config
     from kubernetes import watch as kube_watch
@@ -168,16 +182,23 @@ def watch(
     api = client.CoreV1Api()
     name = f"{cluster}-routing"
     table: RoutingTable | None = None
+    told = metrics or SidecarMetrics(namespace, cluster)
+
+    def take(config_map: Any) -> None:
+        nonlocal table
+        text = config_map_text(config_map)
+        if text is None:
+            return
+        applied = apply_table(text, previous=table, routes_file=routes_file, doveadm=doveadm, resolve=resolve)
+        applied.tell(told, replaced=table)
+        table = applied.table
+
     backoff = 0.5
     while not stop():
         try:
             listed = api.list_namespaced_config_map(namespace, field_selector=f"metadata.name={name}")
             for item in listed.items:
-                text = config_map_text(item)
-                if text is not None:
-                    table = apply_table(
-                        text, previous=table, routes_file=routes_file, doveadm=doveadm, resolve=resolve
-                    ).table
+                take(item)
             stream = kube_watch.Watch().stream(
                 api.list_namespaced_config_map,
                 namespace,
@@ -187,11 +208,7 @@ def watch(
             )
             for event in stream:
                 if event["type"] in ("ADDED", "MODIFIED"):
-                    text = config_map_text(event["object"])
-                    if text is not None:
-                        table = apply_table(
-                            text, previous=table, routes_file=routes_file, doveadm=doveadm, resolve=resolve
-                        ).table
+                    take(event["object"])
                 elif event["type"] == "DELETED":
                     log.warning("%s/%s was deleted; keeping table version %s", namespace, name, table and table.version)
                 if stop():

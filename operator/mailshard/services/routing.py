@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import pydantic
@@ -34,6 +33,7 @@ from mailshard.api.routing import (
     OverridesError,
     RoutingTable,
     RoutingTableError,
+    as_written_at,
     parse_overrides,
     parse_table,
     table_digest,
@@ -125,17 +125,20 @@ class RoutingPublisher:
             announced_version=announced,
             edited=edited,
         )
-        if plan.publish and not self._write(cluster, plan.table, live):
-            return None
+        table = plan.table
         if plan.publish:
+            # Stamped as late as possible, so a proxy's propagation delay starts when the write does.
+            table = replace(table, written_at=as_written_at(datetime.datetime.now(datetime.UTC)))
+            if not self._write(cluster, table, live):
+                return None
             self._report(body, plan)
-        written_at = time.time() if plan.publish else _last_written(live)
+        written_at = table.written_at.timestamp() if table.written_at is not None else _last_written(live)
         return RoutingOutcome(
-            version=plan.table.version,
+            version=table.version,
             gaps=plan.gaps,
             problem=overrides_problem,
             written_at=written_at,
-            table=plan.table,
+            table=table,
         )
 
     def _write(self, cluster: MailCluster, table: RoutingTable, live: Manifest | None) -> bool:
