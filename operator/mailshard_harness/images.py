@@ -37,6 +37,25 @@ _AS_THE_MAIL_USER = (
     "me = resolve_run_as(None); "
     "assert (me.uid, me.gid, me.user, me.switch) == (MAIL_USER_ID, MAIL_USER_ID, 'vmail', False), me; "
 )
+_CYRUS_SMOKE = """
+import os, socket, subprocess, sys
+from pathlib import Path
+from mailshard.agent import cyruspreload, daemonlog
+subprocess.run(['/usr/lib/cyrus/bin/master', '-V'], check=True)
+assert all(os.access(f'/usr/lib/cyrus/bin/{name}', os.X_OK) for name in ('pop3d', 'timsieved'))
+# A process run the way the agent runs Cyrus: its syslog(3) line arrives on the agent's socket, and its
+# rand() is no longer a function of srand()'s seed alone.
+receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+receiver.bind('/tmp/syslog')
+receiver.settimeout(10)
+env = cyruspreload.daemon_environment(dict(os.environ), cyruspreload.DEFAULT_PRELOAD, Path('/tmp/syslog'))
+program = 'import ctypes, syslog; libc = ctypes.CDLL(None); libc.srand(1); syslog.syslog(str(libc.rand()))'
+draws = set()
+for _ in range(2):
+    subprocess.run([sys.executable, '-c', program], env=env, check=True)
+    draws.add(daemonlog.parse_line(receiver.recv(8192))[1].rpartition(' ')[2])
+assert len(draws) == 2, draws
+"""
 SMOKE_TESTS: dict[str, tuple[str, ...]] = {
     # entrypoint override, arguments: each proves the image's main program runs at all, as the image's user.
     "operator": ("/opt/mailshard/bin/python", "-m", "mailshard", "--version"),
@@ -45,11 +64,7 @@ SMOKE_TESTS: dict[str, tuple[str, ...]] = {
         "-c",
         _AS_THE_MAIL_USER + "import subprocess; subprocess.run(['dovecot', '--version'], check=True)",
     ),
-    "cyrus": (
-        "/opt/mailshard/bin/python",
-        "-c",
-        _AS_THE_MAIL_USER + "import subprocess; subprocess.run(['/usr/lib/cyrus/bin/master', '-V'], check=True)",
-    ),
+    "cyrus": ("/opt/mailshard/bin/python", "-c", _AS_THE_MAIL_USER + _CYRUS_SMOKE),
 }
 REPOSITORY = "mailshard"
 PODMAN_FLAGS = (

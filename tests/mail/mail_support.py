@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from mailshard.agent import cyruspreload
 from mailshard_harness import local_proxy, mailflow
 from mailshard_harness.local_proxy import LocalProxy
 
@@ -426,3 +427,43 @@ def cyrus_root() -> Path:
     if os.geteuid() == 0:
         return Path("/var/cache/mailshard/cyrus-root")
     return Path.home() / ".cache/mailshard/cyrus-root"
+
+
+def require_cyrus_pop3d() -> None:
+    """Skip unless the Cyrus prefix has ``pop3d`` (package cyrus-pop3d; without it a member serves no POP3)."""
+    if not (cyrus_root() / "usr/lib/cyrus/bin/pop3d").exists():
+        pytest.skip(f"the Cyrus prefix {cyrus_root()} has no pop3d (package cyrus-pop3d)")
+
+
+@pytest.fixture(scope="session")
+def cyrus_preload_library() -> Iterator[Path]:
+    """The library the agent preloads into Cyrus (logs, unique ids), built as the Cyrus image builds it."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the Cyrus preload library (apt-get install gcc libc6-dev)")
+    directory = Path(tempfile.mkdtemp(prefix="ms-preload-"))
+    directory.chmod(0o755)  # the daemons run as vmail
+    library = directory / cyruspreload.DEFAULT_PRELOAD.name
+    subprocess.run(cyruspreload.compile_command(library), check=True, capture_output=True)
+    yield library
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def make_cyrus_pair(
+    make_pair: PairFactory, monkeypatch: pytest.MonkeyPatch, cyrus_preload_library: Path
+) -> PairFactory:
+    """``make_pair``, with both members switched to Cyrus; skips when the Cyrus prefix is missing."""
+    root = cyrus_root()
+    if not (root / ".complete").exists():
+        pytest.skip(f"no Cyrus prefix at {root} (run .ci/install-cyrus-prefix)")
+    monkeypatch.setenv("MAILSHARD_CYRUS_ROOT", str(root))  # read by the agents started below
+    monkeypatch.setenv(cyruspreload.ENV_PRELOAD, str(cyrus_preload_library))
+
+    def factory(**kwargs: Any) -> Pair:
+        pair = make_pair(**kwargs)
+        for member in (pair.a, pair.b):
+            member.config["backend"] = "cyrus"
+            member.write_config()
+        return pair
+
+    return factory

@@ -1,16 +1,20 @@
-"""Small, honest mail clients for the mail tier: LMTP delivery and IMAP snapshots.
+"""Small, honest mail clients for the mail tier: LMTP delivery, IMAP snapshots, ManageSieve.
 
 Neither imapsync nor imaptest is packaged in Debian, so the tests speak the
-protocols themselves with the standard library (``smtplib.LMTP``, ``imaplib``),
-run in threads so that many users are served at once. Nothing here knows about
-Dovecot: it is what any mail client would see.
+protocols themselves with the standard library (``smtplib.LMTP``, ``imaplib``,
+``poplib``) plus a small ManageSieve client of our own (the standard library
+has none), run in threads so that many users are served at once. Nothing here
+knows about Dovecot or Cyrus: it is what any mail client would see.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import imaplib
 import re
 import smtplib
+import socket
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,3 +146,82 @@ def counts(port: int, users: Iterable[str], password_of: dict[str, str]) -> dict
     with ThreadPoolExecutor(8) as pool:
         results = pool.map(lambda user: _counts_user(port, user, password_of[user]), users)
         return dict(zip(users, results, strict=True))
+
+
+_SIEVE_LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
+_SIEVE_SCRIPT = re.compile(rb'^"((?:[^"\\]|\\.)*)"( ACTIVE)?', re.IGNORECASE)
+
+
+def _sieve_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ManageSieve:
+    """A minimal ManageSieve client (RFC 5804): log in, upload, list and activate scripts.
+
+    Nothing in the standard library speaks it. Each command returns the final
+    status word (``OK``, ``NO`` or ``BYE``), the lines before it and the status
+    line itself, so a test can assert a refusal as easily as a success.
+    """
+
+    def __init__(self, port: int, *, host: str = "127.0.0.1", timeout: float = 30) -> None:
+        self.sock = socket.create_connection((host, port), timeout)
+        self.stream = self.sock.makefile("rb")
+        status, self.capabilities, greeting = self._response()
+        assert status == "OK", greeting
+
+    def _line(self) -> bytes:
+        line = self.stream.readline()
+        if not line:
+            raise ConnectionError("the ManageSieve server closed the connection")
+        while match := _SIEVE_LITERAL.search(line):
+            literal = self.stream.read(int(match.group(1)))
+            line = line[: match.start()] + literal + self.stream.readline()
+        return line
+
+    def _response(self) -> tuple[str, list[bytes], bytes]:
+        lines: list[bytes] = []
+        while True:
+            line = self._line()
+            word = line.split(b" ", 1)[0].strip().upper()
+            if word in (b"OK", b"NO", b"BYE"):
+                return word.decode(), lines, line.rstrip(b"\r\n")
+            lines.append(line.rstrip(b"\r\n"))
+
+    def command(self, text: str, literal: bytes | None = None) -> tuple[str, list[bytes], bytes]:
+        payload = text.encode()
+        if literal is not None:
+            payload += b" {%d+}\r\n" % len(literal) + literal
+        self.sock.sendall(payload + b"\r\n")
+        return self._response()
+
+    def login(self, user: str, password: str) -> tuple[str, bytes]:
+        """SASL PLAIN with an initial response; returns (status, status line)."""
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        status, _, line = self.command(f"AUTHENTICATE {_sieve_quote('PLAIN')} {_sieve_quote(token)}")
+        return status, line
+
+    def putscript(self, name: str, script: bytes) -> tuple[str, bytes]:
+        status, _, line = self.command(f"PUTSCRIPT {_sieve_quote(name)}", script)
+        return status, line
+
+    def setactive(self, name: str) -> tuple[str, bytes]:
+        status, _, line = self.command(f"SETACTIVE {_sieve_quote(name)}")
+        return status, line
+
+    def listscripts(self) -> dict[str, bool]:
+        """Script name → whether it is the active one."""
+        status, lines, line = self.command("LISTSCRIPTS")
+        assert status == "OK", line
+        scripts: dict[str, bool] = {}
+        for item in lines:
+            if match := _SIEVE_SCRIPT.match(item):
+                name = re.sub(rb"\\(.)", rb"\1", match.group(1)).decode()
+                scripts[name] = match.group(2) is not None
+        return scripts
+
+    def logout(self) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            self.command("LOGOUT")
+        self.stream.close()
+        self.sock.close()

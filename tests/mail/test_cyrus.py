@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import mailtools
 import pytest
-from mail_support import Member, Pair, PairFactory, converged, cyrus_root, port_open
+from mail_support import Member, Pair, PairFactory, converged, port_open
 
 pytestmark = pytest.mark.mail
 
@@ -31,24 +31,6 @@ Snapshot = dict[str, mailtools.MailboxSnapshot]
 
 USERS = 50
 PER_USER = 20  # 50 x 20 = 1,000 messages
-
-
-@pytest.fixture
-def make_cyrus_pair(make_pair: PairFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[PairFactory]:
-    """``make_pair``, with both members switched to Cyrus; skips when the Cyrus prefix is missing."""
-    root = cyrus_root()
-    if not (root / ".complete").exists():
-        pytest.skip(f"no Cyrus prefix at {root} (run .ci/install-cyrus-prefix)")
-    monkeypatch.setenv("MAILSHARD_CYRUS_ROOT", str(root))  # read by the agents started below
-
-    def factory(**kwargs: object) -> Pair:
-        pair = make_pair(**kwargs)
-        for member in (pair.a, pair.b):
-            member.config["backend"] = "cyrus"
-            member.write_config()
-        return pair
-
-    return factory
 
 
 def assert_same(one: Snapshot, two: Snapshot) -> None:

@@ -1,14 +1,17 @@
-"""The Cyrus renderer and the mbexamine parser, by value (no daemon)."""
+"""The Cyrus renderer, the mbexamine parser and the syslog line parser, by value (no daemon)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
+from mailshard.agent.cyruspreload import daemon_environment
 from mailshard.agent.cyrustools import parse_mbexamine
+from mailshard.agent.daemonlog import parse_line
 from mailshard.backends import MemberRuntimeConfig, ProcessIdentity, ServingMode
-from mailshard.backends.cyrus import CYRUS_CONF, IMAPD_CONF, CyrusSettings, render_cyrus, sasl_users
+from mailshard.backends.cyrus import CYRUS_CONF, IMAPD_CONF, CyrusSettings, delivery_user, render_cyrus, sasl_users
 from mailshard.backends.dovecot import InstancePaths
 
 PATHS = InstancePaths(
@@ -28,14 +31,14 @@ CONFIG = MemberRuntimeConfig.model_validate(
 )
 
 
-def render(mode: ServingMode) -> dict[str, str]:
+def render(mode: ServingMode, *, pop3: bool = True) -> dict[str, str]:
     return render_cyrus(
         CONFIG,
         mode,
         paths=PATHS,
         identity=ProcessIdentity("vmail", "vmail"),
         sync_password="sync-secret",
-        settings=CyrusSettings(libexec=Path("/c/bin")),
+        settings=CyrusSettings(libexec=Path("/c/bin"), pop3=pop3),
     )
 
 
@@ -51,9 +54,19 @@ def test_master_serves_clients_and_pushes_to_the_peer() -> None:
     assert "partition-default: /d/mail" in imapd
     assert 'imap cmd="/c/bin/imapd -C /d/conf/imapd.conf" listen="127.0.0.1:1143"' in cyrus
     assert 'lmtp cmd="/c/bin/lmtpd -C /d/conf/imapd.conf" listen="/d/state/socket/lmtp"' in cyrus
+    assert 'pop3 cmd="/c/bin/pop3d -C /d/conf/imapd.conf" listen="127.0.0.1:1110"' in cyrus
+    assert 'sieve cmd="/c/bin/timsieved -C /d/conf/imapd.conf" listen="127.0.0.1:1419"' in cyrus
+    assert "sievedir: /d/state/sieve" in imapd
     assert ":1024" not in cyrus  # the member's LMTP port belongs to the agent's journaling front
     assert 'syncclient cmd="/c/bin/sync_client -C /d/conf/imapd.conf -r"' in cyrus
     assert "syncserver" not in cyrus
+
+
+def test_a_master_without_pop3d_serves_everything_else() -> None:
+    cyrus = render(ServingMode.MASTER, pop3=False)[CYRUS_CONF]
+    assert "pop3d" not in cyrus
+    assert "bin/imapd" in cyrus
+    assert "bin/timsieved" in cyrus
 
 
 def test_replica_only_receives_replication() -> None:
@@ -62,8 +75,8 @@ def test_replica_only_receives_replication() -> None:
     assert "sync_log: 0" in imapd
     assert "sync_password" not in imapd
     assert 'syncserver cmd="/c/bin/sync_server -C /d/conf/imapd.conf" listen="127.0.0.1:1345"' in cyrus
-    assert "bin/imapd" not in cyrus
-    assert "bin/lmtpd" not in cyrus
+    for daemon in ("imapd", "lmtpd", "pop3d", "timsieved"):
+        assert f"bin/{daemon}" not in cyrus
     assert "sync_client" not in cyrus
 
 
@@ -105,3 +118,37 @@ def test_parse_mbexamine() -> None:
         1,
     )
     assert (sent.mailbox, sent.uidnext, sent.messages, sent.highestmodseq) == ("Sent", 1, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("datagram", "level", "text"),
+    [
+        (b"<22>mailshard-s1-a/imapd[42]: login: alice", logging.INFO, "mailshard-s1-a/imapd[42]: login: alice"),
+        (b"<19>master[7]: DBERROR: x\n", logging.ERROR, "master[7]: DBERROR: x"),
+        (b"<20>lmtpd[8]: slow", logging.WARNING, "lmtpd[8]: slow"),
+        (b"<18>master[9]: cannot find executable", logging.CRITICAL, "master[9]: cannot find executable"),
+        (b"<23>imapd[1]: detail", logging.DEBUG, "imapd[1]: detail"),
+        (b"no priority \xff", logging.INFO, "no priority \ufffd"),
+    ],
+)
+def test_syslog_lines_keep_their_severity(datagram: bytes, level: int, text: str) -> None:
+    assert parse_line(datagram) == (level, text)
+
+
+def test_the_daemon_environment_preloads_the_library_before_any_other() -> None:
+    env = daemon_environment({"LD_PRELOAD": "/x.so", "PATH": "/bin"}, Path("/s.so"), Path("/d/run/syslog"))
+    assert env == {"LD_PRELOAD": "/s.so /x.so", "PATH": "/bin", "MAILSHARD_SYSLOG_SOCKET": "/d/run/syslog"}
+
+
+@pytest.mark.parametrize(
+    ("address", "user"),
+    [
+        ("alice@x.test", "alice@x.test"),
+        ("Alice@X.Test", "alice@x.test"),
+        ("alice+lists@x.test", "alice@x.test"),
+        ("bob", "bob"),
+        ("Bob+a+b", "bob"),
+    ],
+)
+def test_a_recipient_delivers_to_its_lowercased_user_without_detail(address: str, user: str) -> None:
+    assert delivery_user(address) == user

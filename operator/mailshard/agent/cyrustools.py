@@ -49,6 +49,15 @@ class CyrusInstall:
         return self.root / "usr/lib/cyrus/bin"
 
     @property
+    def pop3d(self) -> Path:
+        return self.libexec / "pop3d"
+
+    @property
+    def has_pop3d(self) -> bool:
+        """POP3 is a package of its own (``cyrus-pop3d``); the images have it, a test prefix may not."""
+        return self.pop3d.exists()
+
+    @property
     def saslpasswd2(self) -> Path:
         return self.root / "usr/sbin/saslpasswd2"
 

@@ -6,7 +6,9 @@ is asynchronous; see ``journal.py``). So the member's public LMTP port is not
 the daemon's but this front's, while the member is master. Per transaction:
 
 1. MAIL and RCPT are passed to the daemon (its LMTP on a local socket) and its
-   answers passed back, so unknown users are refused exactly as before;
+   answers passed back, so unknown users are refused exactly as before (a
+   daemon that would accept anyone, Cyrus with mailbox autocreation, gets a
+   ``recipient_known`` check that refuses them here first);
 2. at DATA the whole message is read, stamped ``X-Mailshard-Journal: <id>``
    and handed to the daemon, which answers once per recipient;
 3. the message and the recipients the daemon accepted are written to the
@@ -70,10 +72,18 @@ class _ClosedError(Exception):
 
 
 class JournalingFront:
-    def __init__(self, daemon: Path | tuple[str, int], hostname: str, journal: JournalWriter) -> None:
+    def __init__(
+        self,
+        daemon: Path | tuple[str, int],
+        hostname: str,
+        journal: JournalWriter,
+        *,
+        recipient_known: Callable[[str], bool] | None = None,
+    ) -> None:
         self.daemon = daemon
         self.hostname = hostname
         self.journal = journal
+        self.recipient_known = recipient_known
         self.counters = FrontCounters()
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -218,9 +228,14 @@ class _Session:
         if self.sender is None:
             await self.send(reply(503, "5.5.1 MAIL first"))
             return
+        recipient = address_of(text.split(":", 1)[1] if ":" in text else "")
+        known = self.front.recipient_known
+        if known is not None and not known(recipient):
+            await self.send(reply(550, f"5.1.1 <{recipient}>: no such user here"))
+            return
         answer = await self.relay(text)
         if answer.ok:
-            self.recipients.append(address_of(text.split(":", 1)[1] if ":" in text else ""))
+            self.recipients.append(recipient)
         await self.send(answer)
 
     async def data(self) -> None:

@@ -33,7 +33,9 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from mailshard.agent.cyruspreload import daemon_environment, preload_path
 from mailshard.agent.cyrustools import CyrusInstall, CyrusToolError, CyrusTools, create_inboxes, probe_sync_port
+from mailshard.agent.daemonlog import SyslogReceiver
 from mailshard.agent.decide import (
     Action,
     MemberState,
@@ -69,6 +71,7 @@ from mailshard.backends.cyrus import (
     SASLDB_FILE,
     SYNC_ADMIN,
     CyrusSettings,
+    delivery_user,
     render_cyrus,
     sasl_users,
 )
@@ -101,6 +104,8 @@ RESEED_PARALLEL = 4
 RESEED_ATTEMPTS = 3
 RESEED_ATTEMPT_SECONDS = 15.0
 """One user's re-seed attempt; a returning old master only pulls its difference, which takes well under a second."""
+SYSLOG_SOCKET = "syslog"
+"""The socket in the run directory that Cyrus's syslog lines are sent to (``daemonlog``)."""
 REPLAY_MARGIN_SECONDS = 3600
 """The replay looks for journal ids among messages saved this long before the oldest entry, and since."""
 
@@ -140,6 +145,9 @@ def load_config(path: Path) -> MemberRuntimeConfig:
 
 
 class Agent:
+    cyrus_users: frozenset[str] = frozenset()
+    """Cyrus: who may receive mail (see ``_is_cyrus_user``); replaced whenever the users file is read."""
+
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         data = settings.data_dir
@@ -164,6 +172,7 @@ class Agent:
         self.cyrus_install = CyrusInstall(settings.cyrus_root)
         self.cyrus = CyrusTools(self.cyrus_install, self.paths.conf_dir / IMAPD_CONF, settings.run_as)
         self.backend = Backend.DOVECOT
+        self.syslog = SyslogReceiver(self.paths.base_dir / SYSLOG_SOCKET)  # Cyrus only (see ``daemonlog``)
         self.provisioned = False
         """Cyrus: every user's INBOX exists on this master (see ``create_inboxes``). Reset by every role change."""
         self.provision_error: str | None = None
@@ -184,7 +193,6 @@ class Agent:
         self._session: aiohttp.ClientSession | None = None
         self._polls = 0
         self._last_kick = 0.0
-        self.started_at = time.time()
         # Observations, replaced wholesale by each poll.
         self.mailboxes: tuple[MailboxState, ...] = ()
         self.mailbox_error: str | None = None
@@ -216,6 +224,7 @@ class Agent:
             self._use_backend(self.config.backend)
             await self._fence_if_superseded()
             self._write_config()
+            self._listen_for_syslog()
             await self._write_users()
             self.supervisor.start()
             await self._sync_front()
@@ -232,6 +241,7 @@ class Agent:
         if self.front is not None:
             await self.front.stop()
         await self.supervisor.stop()
+        self.syslog.stop()
         if self._session is not None:
             await self._session.close()
 
@@ -242,9 +252,9 @@ class Agent:
         peer meanwhile. Starting as master would run its replicator at once, and
         dsync would push the messages it accepted but never replicated into the
         new master, beside their journal replays. So it reads the shard's
-        contract first: when a failover replaced it without being able to fence
-        it, the operator recorded it there as superseded (``shard.json``), and
-        it starts fenced whatever it can reach. Otherwise it asks the peer and
+        contract first: when a failover replaced it, the operator recorded it
+        there as superseded (``shard.json``) until it is re-seeded, and it
+        starts fenced whatever it can reach. Otherwise it asks the peer and
         fences itself when the peer is master. Either way the operator then
         demotes and re-seeds it. When neither says so (a cold start of the whole
         pair), it starts as recorded: the operator's routing fence and
@@ -284,7 +294,28 @@ class Agent:
                 "-C",
                 str(conf / IMAPD_CONF),
             ]
-            self.supervisor.env = self.cyrus_install.env()
+            env = self.cyrus_install.env()
+            library = preload_path()
+            if library.exists():
+                env = daemon_environment(env, library, self.syslog.path)
+            else:
+                log.warning(
+                    "%s is missing: Cyrus's own log lines are lost, and mailboxes created in the same second "
+                    "by two Cyrus processes may get one id (see mailshard.agent.cyruspreload)",
+                    library,
+                )
+            self.supervisor.env = env
+            if not self.cyrus_install.has_pop3d:
+                log.warning("%s is missing (package cyrus-pop3d): not serving POP3", self.cyrus_install.pop3d)
+
+    def _listen_for_syslog(self) -> None:
+        """Cyrus: bind the socket its syslog lines are sent to, before it starts (they go nowhere otherwise)."""
+        if self.backend is not Backend.CYRUS or self.syslog.listening:
+            return
+        try:
+            self.syslog.start(self.settings.run_as)
+        except OSError as exc:
+            log.error("cannot receive Cyrus's syslog lines at %s: %s", self.syslog.path, exc)
 
     def _on_restart(self) -> None:
         if self.metrics is not None:
@@ -337,7 +368,7 @@ class Agent:
                 paths=self.paths,
                 identity=self.settings.run_as.identity,
                 sync_password=self.doveadm_password,
-                settings=CyrusSettings(libexec=self.cyrus_install.libexec),
+                settings=CyrusSettings(libexec=self.cyrus_install.libexec, pop3=self.cyrus_install.has_pop3d),
             )
         else:
             files = render_dovecot(
@@ -354,9 +385,10 @@ class Agent:
             # Dovecot insists on a world-readable base_dir (login processes connect to its sockets).
             directory.chmod(0o755 if directory == self.paths.base_dir else 0o750)
             self.settings.run_as.own(directory)
-        if self.backend is Backend.CYRUS:  # Cyrus binds its idle and notify sockets here but never creates it
-            (self.paths.state_dir / "socket").mkdir(mode=0o750, exist_ok=True)
-            self.settings.run_as.own(self.paths.state_dir / "socket")
+        if self.backend is Backend.CYRUS:  # Cyrus binds its sockets in one and keeps its skiplist stamp in the other
+            for name in ("socket", "db"):
+                (self.paths.state_dir / name).mkdir(mode=0o750, exist_ok=True)
+                self.settings.run_as.own(self.paths.state_dir / name)
         for name, content in files.items():
             path = self.paths.conf_dir / name
             tmp = path.with_name(f".{name}.tmp")
@@ -392,6 +424,7 @@ class Agent:
         try:
             users = sasl_users(self.config.users_file.read_text(encoding="utf-8"))
             await self.cyrus.write_sasldb(self.paths.conf_dir / SASLDB_FILE, users, {SYNC_ADMIN: self.doveadm_password})
+            self.cyrus_users = frozenset(user for user, _ in users)
         except (OSError, ValueError, CyrusToolError) as exc:
             self.config_error = f"cannot build the Cyrus user database: {exc}"
             log.error("%s", self.config_error)
@@ -492,7 +525,12 @@ class Agent:
                 await self.front.stop()
             return
         if self.front is None:
-            self.front = JournalingFront(self._daemon_lmtp(), config.member, self._journal_on_peer)
+            self.front = JournalingFront(
+                self._daemon_lmtp(),
+                config.member,
+                self._journal_on_peer,
+                recipient_known=self._is_cyrus_user if self.backend is Backend.CYRUS else None,
+            )
         if not self.front.listening:
             try:
                 await self.front.start(config.listen_address, config.ports.lmtp)
@@ -501,6 +539,10 @@ class Agent:
                 log.error("%s", self.front_error)
                 return
         self.front_error = None
+
+    def _is_cyrus_user(self, recipient: str) -> bool:
+        """Cyrus would autocreate an INBOX for any recipient at all: only users in the users file get mail."""
+        return delivery_user(recipient) in self.cyrus_users
 
     async def _journal_on_peer(self, entry: JournalEntry, message: bytes) -> str | None:
         """The front's journal writer: store the entry on the peer (the replica); None once it is durable there."""

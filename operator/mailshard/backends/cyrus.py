@@ -15,10 +15,15 @@ sockets), ``partition-default`` the mail directory, and every listener binds
 one address, so two members can share one machine on loopback ports. Cyrus
 logs only to syslog; in the image busybox ``syslogd`` forwards to stdout.
 
-**Ports.** ``MemberRuntimeConfig.ports`` was written for Dovecot: ``imap`` and
-``lmtp`` mean the same here, and the ``doveadm`` port is Cyrus's replication
-port (``syncserver``); ``peer.doveadm_port`` is the peer's. POP3 and
-ManageSieve are not rendered (their packages are not in the image yet).
+**Ports.** ``MemberRuntimeConfig.ports`` was written for Dovecot: ``imap``,
+``pop3`` (``pop3d``, package ``cyrus-pop3d``), ``managesieve`` (``timsieved``)
+and ``lmtp`` mean the same here, and the ``doveadm`` port is Cyrus's
+replication port (``syncserver``); ``peer.doveadm_port`` is the peer's.
+
+**Sieve.** Scripts uploaded over ManageSieve live under ``sievedir`` in the
+state directory (on the member's volume); ``lmtpd`` runs the user's active
+script at each delivery, and ``sync_client`` replicates scripts with the
+user's mail.
 
 **Users and authentication.** SASL ``auxprop`` with a ``sasldb`` file, built
 by the agent from the same passwd-file the Dovecot backend reads (only
@@ -38,14 +43,17 @@ after the other in one admin IMAP session, before it reports ready
 created at the same moment by different Cyrus processes get the same mailbox
 id and share one directory on disk. ``autocreate_post: 1`` (with
 ``autocreate_quota: 0``, i.e. no quota; -1 would disable it) stays as the
-fallback for a user added to the users file between two provisionings.
+fallback for a user added to the users file between two provisionings; the
+agent's LMTP front refuses recipients who are not users at all
+(``delivery_user``), since ``lmtpd`` would create an INBOX for anyone.
 
 **How each mode refuses what it must not do** (see ``ServingMode``):
 
-- master: IMAP, and LMTP on a local socket behind the agent's front; ``sync_log: 1`` and a ``sync_client -r``
+- master: IMAP, POP3, ManageSieve, and LMTP on a local socket behind the agent's front; ``sync_log: 1`` and a
+  ``sync_client -r``
   (rolling replication) in ``DAEMON``, pushing every change to the peer's
   ``syncserver`` at most ``sync_repeat_interval`` (1 s) later.
-- replica: only the ``syncserver`` listener; no IMAP and no LMTP, so every
+- replica: only the ``syncserver`` listener; no IMAP, POP3, ManageSieve or LMTP, so every
   client is refused at connect (as with Dovecot, reads go to the master).
   No sync log and no sync client: only the master pushes.
 - fenced, or a member whose role is unknown: no listener at all and no sync
@@ -68,6 +76,8 @@ IMAPD_CONF = "imapd.conf"
 LMTP_SOCKET = "socket/lmtp"
 """The daemon's own LMTP, a unix socket under the state directory, behind the agent's journaling front."""
 CYRUS_CONF = "cyrus.conf"
+SIEVE_DIR = "sieve"
+"""Where ``timsieved`` keeps the users' Sieve scripts, under the state directory."""
 SASLDB_FILE = "sasldb2"
 SYNC_ADMIN = "mailshard-sync"
 """The admin the master's sync_client authenticates as (no domain: a global admin)."""
@@ -80,6 +90,9 @@ class CyrusSettings:
 
     libexec: Path = DEFAULT_LIBEXEC
     """Where ``imapd``, ``lmtpd``, ``sync_client`` … live (Cyrus's ``service_path``)."""
+    pop3: bool = True
+    """Serve POP3: ``pop3d`` comes in its own package (``cyrus-pop3d``), and ``master`` exits at start when a
+    service's program is missing, so an install without it (a test prefix) serves the rest without POP3."""
     sync_reconnect_maxwait: int = 2
     """Longest back-off, in seconds, of the sync client before it reconnects to the peer."""
     checkpoint_minutes: int = 30
@@ -125,6 +138,17 @@ def sasl_users(users_file_text: str) -> list[tuple[str, str]]:
     return users
 
 
+def delivery_user(address: str) -> str:
+    """The user an LMTP recipient delivers to: ``Alice+lists@X.test`` -> ``alice@x.test``.
+
+    ``lmtpd`` lower-cases recipients (``lmtp_downcase_rcpt``) and files ``user+detail`` into that user's
+    folder ``detail`` (or INBOX); with ``autocreate_post`` it would create an INBOX for any address at all,
+    so the agent's LMTP front refuses recipients whose user is not in the users file.
+    """
+    local, at, domain = address.strip().lower().rpartition("@") if "@" in address else (address.lower(), "", "")
+    return local.split("+", 1)[0] + at + domain
+
+
 def render_cyrus(
     config: MemberRuntimeConfig,
     mode: ServingMode,
@@ -150,6 +174,7 @@ def render_cyrus(
         f"# Rendered by mailshard for shard {config.shard}, member {config.member}, mode {mode}. Do not edit.",
         f"configdirectory: {_value(str(paths.state_dir))}",
         f"partition-default: {_value(str(paths.mail_dir))}",
+        f"sievedir: {_value(str(paths.state_dir / SIEVE_DIR))}",
         f"service_path: {_value(str(settings.libexec))}",
         f"cyrus_user: {_value(identity.user)}",
         f"syslog_prefix: mailshard-{_value(config.member)}",
@@ -200,8 +225,11 @@ def render_cyrus(
     if pushing:
         services += [
             f'  imap {cmd("imapd")} listen="{_arg(address)}:{config.ports.imap}" prefork=0',
+            f'  sieve {cmd("timsieved")} listen="{_arg(address)}:{config.ports.managesieve}" prefork=0',
             f'  lmtp {cmd("lmtpd")} listen="{_arg(str(paths.state_dir / LMTP_SOCKET))}" prefork=0',
         ]
+        if settings.pop3:
+            services.append(f'  pop3 {cmd("pop3d")} listen="{_arg(address)}:{config.ports.pop3}" prefork=0')
     elif mode is ServingMode.REPLICA:
         services += [f'  syncserver {cmd("sync_server")} listen="{_arg(address)}:{config.ports.doveadm}" prefork=0']
     daemons = [f"  syncclient {cmd('sync_client', '-r')}"] if pushing else []
