@@ -1,4 +1,7 @@
-"""The proxy tier on real daemons: a Dovecot proxy (`mailshard.proxy.render`) in front of two real Dovecot masters.
+"""The proxy tier on real daemons: a Dovecot proxy (`mailshard.proxy.render`) in front of real masters.
+
+Two Dovecot masters for the routing behaviour; a Dovecot and a Cyrus master
+(`mixed_tier`) for the promise that both backend kinds are served through it.
 
 The sidecar's API watch is replaced by direct calls to `apply_table`, the part
 that does the work: validate, write the route file, kick moved sessions. Each
@@ -18,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import mailtools
 import pytest
-from mail_support import Member, PairFactory, Proxy, port_open
+from mail_support import Member, Pair, PairFactory, Proxy, require_cyrus_pop3d
 
 from mailshard.api.routing import RoutingTable, ShardRoute, ShardState, render_table, route_user
 from mailshard.proxy.render import Endpoint
@@ -105,24 +108,22 @@ def serving(host: str) -> ShardRoute:
     return ShardRoute(state=ShardState.SERVING, master=f"m-{host}", master_host=host)
 
 
-@pytest.fixture
-async def tier(make_pair: PairFactory, proxy: Proxy) -> Tier:
-    first, second = make_pair(users=10), make_pair(users=10)
-    await first.start()
-    await second.start()
-    backends = {"a": first.a, "b": second.a}
+async def build_tier(proxy: Proxy, pairs: dict[str, Pair]) -> Tier:
+    """Start each pair; its master serves the host of the same name; shard s1 goes to "a", s2 to "b"."""
+    for pair in pairs.values():
+        await pair.start()
+    backends = {name: pair.a for name, pair in pairs.items()}
+    passwords = next(iter(pairs.values())).passwords  # every pair has the same users
     for name, member in backends.items():
-        deadline = time.monotonic() + 30
-        while not port_open(member.ports["imap"]):
-            assert time.monotonic() < deadline, f"backend {name} never listened:\n{member.log_tail()}"
-            await asyncio.sleep(0.1)
-        for user, password in first.passwords.items():
+        # A Cyrus master is ready once its agent has created every user's INBOX.
+        await member.wait_status(lambda s: s["readyAsMaster"], what="ready as master")
+        for user, password in passwords.items():
             client = mailtools.imap_login(member.ports["imap"], user, password)
             try:
                 await _create_marker(client, f"at-{name}")
             finally:
                 client.logout()
-    tier = Tier(proxy, backends, first.passwords)
+    tier = Tier(proxy, backends, passwords)
     half = SLOTS // 2
     tier.publish(
         RoutingTable(version=1, slots=("s1",) * half + ("s2",) * half, shards={"s1": serving("a"), "s2": serving("b")})
@@ -130,12 +131,26 @@ async def tier(make_pair: PairFactory, proxy: Proxy) -> Tier:
     return tier
 
 
-def test_logins_and_deliveries_land_on_the_users_master(tier: Tier) -> None:
+@pytest.fixture
+async def tier(make_pair: PairFactory, proxy: Proxy) -> Tier:
+    return await build_tier(proxy, {"a": make_pair(users=10), "b": make_pair(users=10)})
+
+
+@pytest.fixture
+async def mixed_tier(make_pair: PairFactory, make_cyrus_pair: PairFactory, proxy: Proxy) -> Tier:
+    """Shard s1 on a Dovecot pair, shard s2 on a Cyrus pair, behind the one proxy."""
+    return await build_tier(proxy, {"a": make_pair(users=10), "b": make_cyrus_pair(users=10)})
+
+
+def expected_backends(tier: Tier) -> dict[str, str]:
     assert tier.table is not None
     expected = {user: "a" if route_user(tier.table, user).shard == "s1" else "b" for user in tier.passwords}
     assert set(expected.values()) == {"a", "b"}, "the test users should cover both shards"
-    assert {user: tier.backend_of(user) for user in tier.passwords} == expected
+    return expected
 
+
+def deliver_through_the_proxy(tier: Tier, expected: dict[str, str]) -> None:
+    """One message per user through the proxy's LMTP; each lands on its user's backend only."""
     messages = [(user, mailtools.make_message(user, 1)) for user in sorted(tier.passwords)]
     assert mailtools.deliver(tier.proxy.ports["lmtp"], messages, connections=2) == len(messages)
     for user, backend in expected.items():
@@ -143,14 +158,46 @@ def test_logins_and_deliveries_land_on_the_users_master(tier: Tier) -> None:
             count, _ = mailtools.counts(member.ports["imap"], [user], tier.passwords)[user]
             assert count == (1 if name == backend else 0), (user, name)
 
-    for user in tier.passwords:
+
+def pop3_through_the_proxy(tier: Tier, users: list[str]) -> None:
+    for user in users:
         pop = poplib.POP3("127.0.0.1", tier.proxy.ports["pop3"], timeout=10)
         try:
             pop.user(user)
             pop.pass_(tier.passwords[user])
             assert pop.stat()[0] == 1
+            assert f"Subject: message 1 for {user}".encode() in b"\r\n".join(pop.retr(1)[1])
         finally:
             pop.quit()
+
+
+def test_logins_and_deliveries_land_on_the_users_master(tier: Tier) -> None:
+    expected = expected_backends(tier)
+    assert {user: tier.backend_of(user) for user in tier.passwords} == expected
+    deliver_through_the_proxy(tier, expected)
+    pop3_through_the_proxy(tier, sorted(tier.passwords))
+
+
+def test_a_cyrus_shard_behind_the_proxy_gets_its_users_logins_deliveries_and_sieve(mixed_tier: Tier) -> None:
+    expected = expected_backends(mixed_tier)
+    assert {user: mixed_tier.backend_of(user) for user in mixed_tier.passwords} == expected
+    deliver_through_the_proxy(mixed_tier, expected)
+    on_cyrus = next(user for user, backend in sorted(expected.items()) if backend == "b")
+    sieve = mailtools.ManageSieve(mixed_tier.proxy.ports["managesieve"])
+    try:
+        assert sieve.login(on_cyrus, mixed_tier.passwords[on_cyrus])[0] == "OK"
+        assert sieve.putscript("through-the-proxy", b'require "fileinto";\r\n')[0] == "OK"
+        assert sieve.listscripts() == {"through-the-proxy": False}
+    finally:
+        sieve.logout()
+    assert list((mixed_tier.backends["b"].data_dir / "state" / "sieve").rglob("through-the-proxy*")), "not on Cyrus"
+
+
+def test_pop3_through_the_proxy_reaches_a_cyrus_shard(mixed_tier: Tier) -> None:
+    require_cyrus_pop3d()
+    expected = expected_backends(mixed_tier)
+    deliver_through_the_proxy(mixed_tier, expected)
+    pop3_through_the_proxy(mixed_tier, sorted(user for user, backend in expected.items() if backend == "b"))
 
 
 def test_a_route_change_moves_the_next_login(tier: Tier) -> None:
