@@ -1,9 +1,12 @@
-"""An old master that cannot be told to fence itself is recorded as superseded, until it is a replica again.
+"""An old master a failover fences is recorded as superseded, until it is re-seeded as a replica.
 
 `status.superseded` reaches the members through the shard's contract
 (`shard.json`), which an agent reads before it serves: a listed member whose
-role file still says master starts fenced, whatever it can reach. These rows
-say when `decide` adds a member to the list and when it takes it off.
+role file still says master starts fenced, whatever it can reach, which is
+what matters for an old master that could not be told anything. These rows
+say when `decide` adds a member to the list and when it takes it off, and
+that a listed member found fenced is re-seeded (again) rather than left to a
+human.
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ ROWS = [
     # last step done, old master, listed before, → step, addressed, listed after
     Row(FailoverStep.DRAIN, "gone", (), FailoverStep.FENCE_OLD_MASTER, None, (A,)),
     Row(FailoverStep.DRAIN, "silent", (), FailoverStep.FENCE_OLD_MASTER, None, (A,)),
-    Row(FailoverStep.DRAIN, "serving", (), FailoverStep.FENCE_OLD_MASTER, A, ()),
-    Row(FailoverStep.DRAIN, "fenced", (), FailoverStep.FENCE_OLD_MASTER, A, ()),
+    Row(FailoverStep.DRAIN, "serving", (), FailoverStep.FENCE_OLD_MASTER, A, (A,)),
+    Row(FailoverStep.DRAIN, "fenced", (), FailoverStep.FENCE_OLD_MASTER, A, (A,)),
     Row(FailoverStep.DRAIN, "gone", (A,), FailoverStep.FENCE_OLD_MASTER, None, (A,)),
     Row(FailoverStep.FENCE_OLD_MASTER, "gone", (A,), FailoverStep.PROMOTE, B, (A,)),
     Row(FailoverStep.REPLAY_JOURNAL, "gone", (A,), FailoverStep.REJOIN_OLD_MASTER, None, (A,)),
@@ -87,7 +90,7 @@ def test_superseded_during_a_failover(row: Row) -> None:
         decision.reason
     )
     assert decision.record.superseded == row.after
-    if row.after and not row.before:
+    if row.after and not row.before and row.member is None:
         assert "starts fenced whenever it comes back" in decision.reason
 
 
@@ -134,3 +137,23 @@ def test_a_dead_master_is_listed_through_the_failover_and_off_once_back_and_rese
     assert [d.member for d in reseeded] == [A]
     assert not pair.record.superseded
     assert (pair.a.role, pair.a.fenced) == (REPLICA, False)
+
+
+def test_a_listed_replica_left_fenced_by_a_failed_re_seed_is_re_seeded_again() -> None:
+    """Demoted, then the re-seed failed (its master was out of reach): the operator's own fence, not a human's."""
+    master = answering(B, T0, role=MASTER, lag=None)
+    half_done = answering(A, T0, role=REPLICA, fenced=True, lag=None)
+    listed = decide(shard(master, half_done, recorded=RecordedState(master=B, superseded=(A,))))
+    assert (listed.action, listed.member) == (Action.RESEED_REPLICA, A), listed.reason
+    assert not listed.record.superseded
+    unlisted = decide(shard(master, half_done, recorded=RecordedState(master=B)))
+    assert unlisted.action is Action.RAISE_ALARM  # a fence the operator did not set is a human's to lift
+    assert "only a human unfences it" in unlisted.reason
+
+
+def test_a_split_brain_repair_lists_the_member_it_fences() -> None:
+    master = answering(A, T0, role=MASTER, lag=None)
+    rogue = answering(B, T0, role=MASTER, lag=0.0)
+    decision = decide(shard(master, rogue))
+    assert (decision.action, decision.member) == (Action.REPAIR_SPLIT_BRAIN, B)
+    assert decision.record.superseded == (B,)

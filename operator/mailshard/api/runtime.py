@@ -116,9 +116,8 @@ class ShardRuntimeConfig(_ContractModel):
     superseded: tuple[str, ...] = Field(
         default=(),
         description=(
-            "Members that were master when a failover replaced them without being able to fence them "
-            "(`status.superseded`). A listed member's agent reads this before it serves and, if its role "
-            "file still says master, starts fenced instead."
+            "Old masters a failover fenced, until re-seeded (`status.superseded`). A listed member's agent "
+            "reads this before it serves and, if its role file still says master, starts fenced instead."
         ),
     )
 

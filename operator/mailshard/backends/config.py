@@ -100,7 +100,7 @@ class MemberRuntimeConfig(_Model):
     doveadm_password: SecretStr | None = None
     doveadm_password_file: Path | None = None
     superseded: bool = False
-    """A failover replaced this member as master without fencing it: it must not start as master (``shard.json``)."""
+    """A failover replaced this master and it is not re-seeded yet: never start as master (``shard.json``)."""
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MemberRuntimeConfig:

@@ -50,11 +50,14 @@ Rules that hold over every input (and are property-tested):
   BOTH_DOWN, MASTER_FENCED, UNCERTAIN), for a target that answers and is not
   fenced, whatever its lag, even with failover disabled. It is recorded as
   such (`forced`, then `lastFailover.cause: ForcedPromotion`).
-- Superseded old masters: an old master that cannot be told to fence itself
-  when its turn comes is recorded in `superseded`; the shard's contract
+- Superseded old masters: a master a failover fences (through its agent, or
+  only through the routing layer when its agent cannot be told) or a
+  split-brain repair fences is recorded in `superseded`; the shard's contract
   (ConfigMap) carries the list, and the member's agent reads it before it
-  serves again and starts fenced. It leaves the list once it is demoted (it
-  rejoined or was re-seeded) or stays master (an aborted failover).
+  serves again and starts fenced. It leaves the list once it is re-seeded as
+  replica (it rejoined, or `RESEED_REPLICA` succeeded) or stays master (an
+  aborted failover). While listed and fenced it needs re-seeding, so a
+  re-seed that failed halfway is tried again rather than left to a human.
 """
 
 from __future__ import annotations
@@ -249,7 +252,10 @@ def _act(facts: ShardFacts, finding: Finding, record: RecordedState) -> Decision
         if master is None or not policy.enabled:
             why = "no master is recorded to keep" if master is None else "automatic failover is disabled"
             return decision(Action.RAISE_ALARM, f"{reason}; {why}: a human must fence one", recheck=_poll(facts))
-        return decision(Action.REPAIR_SPLIT_BRAIN, f"{reason}; fencing the other", member=facts.other(master).name)
+        rogue = facts.other(master).name
+        repaired = replace(record, superseded=_with(record.superseded, rogue))
+        why = f"{reason}; fencing the other"
+        return Decision(Action.REPAIR_SPLIT_BRAIN, why, diagnosis, repaired, _route_to(repaired), 0.0, rogue)
     if diagnosis is Diagnosis.REPLICA_NEEDS_RESEED:
         assert master is not None  # NO_MASTER is diagnosed before
         if not policy.enabled:
@@ -550,7 +556,7 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
                 "the shard's contract now says it was superseded, so it starts fenced whenever it comes back",
                 superseded=_with(recorded.superseded, source),
             )
-        return run(step, f"fencing {source}", member=source)
+        return run(step, f"fencing {source}", member=source, superseded=_with(recorded.superseded, source))
     if step in (FailoverStep.PROMOTE, FailoverStep.RAISE_UIDNEXT, FailoverStep.REPLAY_JOURNAL):
         target_facts = facts.member(target)
         target_report = fresh_report(target_facts, target_health)

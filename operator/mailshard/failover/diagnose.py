@@ -25,9 +25,11 @@ The checks run in this order, and the first that matches is the diagnosis:
 7. The recorded master is SUSPECT → MASTER_SUSPECT.
 8. The master is UP. The replica is DOWN or SILENT → REPLICA_DOWN; SUSPECT →
    REPLICA_SUSPECT; claims a role other than replica (the old master back
-   from a failover, or a member whose role file is gone) →
-   REPLICA_NEEDS_RESEED; is fenced → REPLICA_FENCED; its lag is unknown or
-   above `maxLagSeconds` → REPLICA_LAGGING; otherwise HEALTHY.
+   from a failover, or a member whose role file is gone), or is fenced while
+   the record lists it as superseded (the operator fenced it and its re-seed
+   has not succeeded yet) → REPLICA_NEEDS_RESEED; is fenced otherwise →
+   REPLICA_FENCED; its lag is unknown or above `maxLagSeconds` →
+   REPLICA_LAGGING; otherwise HEALTHY.
 
 Only fresh reports are believed about roles and fences: a silent member's
 last words are history.
@@ -165,6 +167,11 @@ def diagnose(facts: ShardFacts) -> Finding:
         return found(
             Diagnosis.REPLICA_NEEDS_RESEED,
             f"{replica.name} should be the replica but says its role is {replica_report.role.value}{fence}",
+        )
+    if replica_report.fenced and replica.name in recorded.superseded:
+        return found(
+            Diagnosis.REPLICA_NEEDS_RESEED,
+            f"{replica.name} was fenced as a superseded master and has not been re-seeded as replica yet",
         )
     if replica_report.fenced:
         return found(Diagnosis.REPLICA_FENCED, f"the replica {replica.name} is fenced; only a human unfences it")

@@ -147,7 +147,7 @@ class RecordedState:
     failover: FailoverProgress | None = None
     last_failover: FailoverRecord | None = None
     superseded: tuple[str, ...] = ()
-    """Old masters a failover could not fence through their agent: the shard's contract tells them at start."""
+    """Old masters fenced by a failover or split-brain repair, until re-seeded: the shard's contract tells them."""
 
 
 @dataclass(frozen=True)

@@ -373,9 +373,9 @@ class MailShardStatus(StatusModel):
     superseded: tuple[str, ...] = Field(
         default=(),
         description=(
-            "Members that were master when a failover replaced them and could not be told to fence "
-            "themselves. The shard's ConfigMap carries this list; a listed member's agent reads it when it "
-            "starts and never serves as master, only fenced, until the operator has re-seeded it as replica."
+            "Old masters a failover (or a split-brain repair) fenced, until the operator has re-seeded them "
+            "as replica. The shard's ConfigMap carries this list; a listed member's agent reads it when it "
+            "starts and never serves as master, only fenced, even if nothing could tell it it was replaced."
         ),
     )
 
