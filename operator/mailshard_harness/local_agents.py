@@ -12,6 +12,14 @@ IP, and its peer is the other pod's IP instead of a cluster DNS name.
 
 Killing a member (`kill`) SIGKILLs the agent and the mail daemon together, as
 a node or container death would; nothing is told beforehand.
+
+A member started again (`restart_from_contract`) first reads the shard's
+ConfigMap as it is then, as a container starting in a pod would find it
+mounted, so what the operator recorded there since (`superseded`) reaches it.
+When its pod was recreated, KWOK may have given it another IP: it then
+listens at the new one, where the operator finds it, and a `Forwarder` from
+the old one stands in for the stable DNS name its peer knows it by in a
+cluster (the peer, running all along, was configured with the old address).
 """
 
 from __future__ import annotations
@@ -22,9 +30,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +61,8 @@ class LocalMember:
     root: Path
     ip: str
     proc: subprocess.Popen[bytes] | None = None
+    forwarder: Forwarder | None = None
+    """Relays the address the peer knows this member by to its current pod IP, once its pod came back elsewhere."""
 
     @property
     def data_dir(self) -> Path:
@@ -114,16 +128,121 @@ class LocalMember:
         except OSError:
             return "(no log)"
 
+    def agent_status(self, *, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The agent's own `GET /status`, as the operator reads it; None while it does not answer."""
+        token = (self.root / "token").read_text().strip()
+        request = urllib.request.Request(f"http://{self.ip}:8080/status", headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                document: dict[str, Any] = json.loads(response.read())
+                return document
+        except (OSError, ValueError):
+            return None
+
 
 @dataclass
 class LocalPair:
     shard: str
     members: dict[str, LocalMember] = field(default_factory=dict)
     users: dict[str, str] = field(default_factory=dict)
+    known_as: dict[str, str] = field(default_factory=dict)
+    """The address each member's peer was configured with: its pod IP when the pair was started."""
 
     def stop(self) -> None:
         for member in self.members.values():
             member.stop()
+            if member.forwarder is not None:
+                member.forwarder.stop()
+
+
+class Forwarder:
+    """Accepts on an old address and relays each connection, both ways, to the same port at a new address.
+
+    For the harness only: in a cluster the peer is a DNS name that follows a
+    recreated pod to its new IP; here the running peer was configured with the
+    old IP, so this keeps that address leading to the member.
+    """
+
+    def __init__(self, old_ip: str, new_ip: str, ports: Iterable[int]) -> None:
+        self.old_ip, self.new_ip = old_ip, new_ip
+        self._listeners = [socket.create_server((old_ip, port)) for port in ports]
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        for listener in self._listeners:
+            threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        port = listener.getsockname()[1]
+        while not self._stopping.is_set():
+            try:
+                client_side, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection((self.new_ip, port), timeout=5)
+            except OSError:
+                client_side.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.update((client_side, upstream))
+            for source, target in ((client_side, upstream), (upstream, client_side)):
+                threading.Thread(target=self._pipe, args=(source, target), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                target.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            sockets = [*self._listeners, *self._open]
+            self._open.clear()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept(), which close() alone does not
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def restart_from_contract(
+    api: client.ApiClient, namespace: str, pair: LocalPair, name: str, *, peer_host: str | None = None
+) -> None:
+    """Start a stopped member as its pod would start now: the shard's ConfigMap as it is, at its pod's IP.
+
+    `peer_host` replaces the address it knows its peer by (an address where
+    nothing answers makes the peer unreachable from it, a partition). If the
+    pod came back at a new IP, the peer keeps reaching it at the old one through
+    a `Forwarder`, as a cluster's DNS name would lead it there.
+    """
+    core = client.CoreV1Api(api)
+    member = pair.members[name]
+    if member.proc is not None and member.proc.poll() is None:
+        raise RuntimeError(f"{name} is still running; stop or kill it first")
+    config_map = core.read_namespaced_config_map(config_map_name(pair.shard), namespace)
+    runtime = ShardRuntimeConfig.from_json((config_map.data or {})[SHARD_CONFIG_KEY].encode())
+    first, second = pair.members
+    ips = pod_ips(core, namespace, (first, second))
+    if ips is None:
+        raise RuntimeError(f"the pods of {pair.shard} have no IPs yet")
+    old_ip = pair.known_as[name]
+    if member.forwarder is not None:
+        member.forwarder.stop()
+        member.forwarder = None
+    if ips[name] != old_ip:
+        member.forwarder = Forwarder(old_ip, ips[name], (runtime.ports.agent, runtime.ports.replication))
+    peers = {**ips, **{other: pair.known_as[other] for other in pair.members if other != name}}
+    if peer_host is not None:
+        peers.update({other: peer_host for other in pair.members if other != name})
+    write_member_config(pair, runtime, name, {**peers, name: ips[name]})
+    member.start()
 
 
 def _secret(core: client.CoreV1Api, namespace: str, shard: str) -> dict[str, str]:
@@ -165,7 +284,7 @@ def prepare_pair(
     ips = pod_ips(core, namespace, names)
     if ips is None:
         raise RuntimeError(f"the pods of {shard} have no IPs yet")
-    pair = LocalPair(shard, users=dict(users))
+    pair = LocalPair(shard, users=dict(users), known_as=dict(ips))
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     users_file = root / "users"

@@ -119,3 +119,31 @@ def test_etcd_that_will_not_start_names_its_log(tmp_path: Path) -> None:
     assert message.startswith("etcd would not start: its data dir is stale or corrupt")
     assert failure.value.log == directory.resolve() / "logs" / "etcd.log"
     assert "\n" not in message
+
+
+def test_the_forwarder_leads_an_old_member_address_to_its_new_pod_ip_both_ways() -> None:
+    """What stands in for a member's DNS name when KWOK recreates its pod at another IP (`local_agents`)."""
+    from mailshard_harness.local_agents import Forwarder
+
+    old_ip, new_ip = "127.250.0.1", "127.250.0.2"
+    with socket.create_server((new_ip, 0)) as server:
+        port = server.getsockname()[1]
+        forwarder = Forwarder(old_ip, new_ip, [port])
+        try:
+            with socket.create_connection((old_ip, port), timeout=5) as caller:
+                served, peer = server.accept()
+                with served:
+                    caller.sendall(b"ping")
+                    assert served.recv(16) == b"ping"
+                    served.sendall(b"pong" * 5000)
+                    received = b""
+                    while len(received) < 20000:
+                        received += caller.recv(65536)
+                    assert received == b"pong" * 5000
+                    assert peer[0] != old_ip, "the member sees the forwarder connect, as it would see a peer"
+                    served.close()
+                assert caller.recv(16) == b"", "a close on one side reaches the other"
+        finally:
+            forwarder.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((old_ip, port), timeout=1)
