@@ -307,6 +307,16 @@ class Pair:
         await asyncio.gather(self.a.wait_healthy(), self.b.wait_healthy())
 
 
+async def post_uidnext(member: Member, body: Any, *, token: str | None = TOKEN) -> tuple[int, Any]:
+    """``POST /uidnext`` (a failover's RaiseUidNext step) with any body; returns the status and the JSON answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{member.url}/uidnext", json=body, headers=headers) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
 REPLICATED_FIELDS = ("user", "mailbox", "uidvalidity", "uidnext", "messages", "unseen")
 
 

@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
-import aiohttp
 import mailtools
 import pytest
-from mail_support import TOKEN, Member, PairFactory
+from mail_support import PairFactory, post_uidnext
 
 pytestmark = pytest.mark.mail
-
-
-async def post_uidnext(member: Member, body: Any, *, token: str | None = TOKEN) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{member.url}/uidnext", json=body, headers=headers) as response,
-    ):
-        return response.status, await response.json(content_type=None)
 
 
 async def test_a_master_raises_uidnext_to_each_floor_and_new_mail_starts_there(make_pair: PairFactory) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailshard.agent.cyruspreload import daemon_environment
-from mailshard.agent.cyrustools import parse_mbexamine
+from mailshard.agent.cyrustools import _split_name, mailbox_name, parse_mbexamine
 from mailshard.agent.daemonlog import parse_line
 from mailshard.backends import MemberRuntimeConfig, ProcessIdentity, ServingMode
 from mailshard.backends.cyrus import CYRUS_CONF, IMAPD_CONF, CyrusSettings, delivery_user, render_cyrus, sasl_users
@@ -152,3 +152,17 @@ def test_the_daemon_environment_preloads_the_library_before_any_other() -> None:
 )
 def test_a_recipient_delivers_to_its_lowercased_user_without_detail(address: str, user: str) -> None:
     assert delivery_user(address) == user
+
+
+@pytest.mark.parametrize(
+    ("user", "mailbox", "name"),
+    [
+        ("alice@x.test", "INBOX", "user/alice@x.test"),
+        ("alice@x.test", "Sent", "user/alice/Sent@x.test"),
+        ("alice@x.test", "Archive/2024", "user/alice/Archive/2024@x.test"),
+        ("bob", "INBOX", "user/bob"),
+    ],
+)
+def test_mailbox_names_round_trip_through_mbexamine_names(user: str, mailbox: str, name: str) -> None:
+    assert mailbox_name(user, mailbox) == name
+    assert _split_name(name) == (user, mailbox)

@@ -166,6 +166,40 @@ class CyrusTools:
         argv = [str(self.install.libexec / "mbexamine"), "-C", str(self.imapd_conf), "*"]
         return parse_mbexamine(await self._run(argv))
 
+    async def raise_uidnext(self, user: str, mailbox: str, floor: int) -> None:
+        """Make the next UID of one existing mailbox at least ``floor``, keeping UIDVALIDITY and every message.
+
+        Cyrus 3.6 has no command for it (neither IMAP nor a tool sets a mailbox's last UID), but
+        ``reconstruct`` adopts a message file it finds in the mailbox's directory under a UID above the
+        last one, and raises the last UID to it. So a placeholder message is put there as UID
+        ``floor - 1``, ``reconstruct`` adopts it (UIDNEXT is now ``floor``), the file is removed and a
+        second ``reconstruct`` drops its record, which leaves UIDNEXT where it is. Both steps replicate
+        like any change. The caller makes sure ``floor`` is above the current UIDNEXT; the mailbox is
+        fenced from deliveries during a failover, and a message that took the placeholder's name anyway
+        is never removed.
+        """
+        name = mailbox_name(user, mailbox)
+        mbpath = await self._run([str(self.install.libexec / "mbpath"), "-C", str(self.imapd_conf), name])
+        directory = Path(mbpath.strip().splitlines()[-1])
+        placeholder = directory / f"{floor - 1}."
+        content = (
+            f"From: mailshard@localhost\r\nSubject: UIDNEXT {floor}\r\nX-Mailshard-Uidnext: {floor}\r\n\r\n"
+            "A placeholder that raised this mailbox's next UID after a failover; it is removed at once.\r\n"
+        ).encode()
+        reconstruct = [str(self.install.libexec / "reconstruct"), "-C", str(self.imapd_conf), name]
+        try:
+            with placeholder.open("xb") as handle:  # never over an existing message
+                handle.write(content)
+        except FileExistsError:
+            raise CyrusToolError(f"{name}: UID {floor - 1} exists already; UIDNEXT is past {floor - 1}") from None
+        try:
+            self.run_as.own(placeholder)
+            await self._run(reconstruct)
+        finally:
+            if placeholder.read_bytes() == content:
+                placeholder.unlink()
+        await self._run(reconstruct)
+
     async def write_sasldb(self, path: Path, users: Iterable[tuple[str, str]], admins: Mapping[str, str]) -> None:
         """Build a fresh sasldb at ``path`` (atomically) from (user, password) pairs plus the admins."""
         tmp = path.with_name(f".{path.name}.new")
@@ -181,8 +215,14 @@ class CyrusTools:
 
 def personal_mailbox(user: str) -> str:
     """The admin's name for a user's INBOX (``virtdomains: userid``, ``unixhierarchysep: yes``)."""
+    return mailbox_name(user, "INBOX")
+
+
+def mailbox_name(user: str, mailbox: str) -> str:
+    """The admin's name of a user's mailbox, as ``mbexamine`` lists it: ``user/alice/Sent@example.test``."""
     local, at, domain = user.partition("@")
-    return f"user/{local}{at}{domain}"
+    folder = "" if mailbox == "INBOX" else f"/{mailbox}"
+    return f"user/{local}{folder}{at}{domain}"
 
 
 def _create_inboxes(host: str, port: int, admin: str, password: str, users: list[str]) -> int:

@@ -482,22 +482,25 @@ class Agent:
         async with self._lock:
             if self.member.mode is not ServingMode.MASTER or not self.supervisor.up:
                 return 409, {"error": f"only a running master raises UIDNEXT (this member is {self.mode.value})"}
-            if self.backend is Backend.CYRUS:
-                return 501, {"error": "raising UIDNEXT is not implemented for Cyrus", "raised": 0}
             await self._observe()  # the mailboxes as they are now, not as of the last poll
-            existing = {f"{state.user}/{state.mailbox}" for state in self.mailboxes}
+            current = {f"{state.user}/{state.mailbox}": state.uidnext for state in self.mailboxes}
             per_user: dict[str, dict[str, int]] = {}
             for key, floor in floors.items():
                 user, _, mailbox = key.partition("/")
-                if key in existing and mailbox:
+                if key in current and mailbox:
                     per_user.setdefault(user, {})[mailbox] = floor
             limit = asyncio.Semaphore(4)
 
             async def one(user: str, mailboxes: dict[str, int]) -> str | None:
                 async with limit:
                     try:
-                        await self.doveadm.raise_uidnext(user, mailboxes)
-                    except DoveadmError as exc:
+                        if self.backend is Backend.CYRUS:
+                            for mailbox, floor in mailboxes.items():
+                                if floor > current[f"{user}/{mailbox}"]:
+                                    await self.cyrus.raise_uidnext(user, mailbox, floor)
+                        else:
+                            await self.doveadm.raise_uidnext(user, mailboxes)
+                    except (DoveadmError, CyrusToolError) as exc:
                         return f"{user}: {exc}"
                 return None
 
