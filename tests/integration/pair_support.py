@@ -57,6 +57,18 @@ def events(api: client.ApiClient, namespace: str) -> list[str]:
     ]
 
 
+def set_pod_ready(api: client.ApiClient, namespace: str, pod: str, *, ready: bool) -> None:
+    """What the kubelet does to a pod whose readiness probe fails, or passes again (KWOK runs no probes)."""
+    core = client.CoreV1Api(api)
+    current = core.read_namespaced_pod_status(pod, namespace)
+    conditions = []
+    for item in current.status.conditions or []:
+        if item.type in ("Ready", "ContainersReady"):
+            item.status = "True" if ready else "False"
+        conditions.append(api.sanitize_for_serialization(item))
+    core.patch_namespaced_pod_status(pod, namespace, {"status": {"conditions": conditions}})
+
+
 def apply_shard(kubeconfig: Path, namespace: str, *, failover_enabled: bool = True) -> None:
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(REPO / "examples" / "mailcluster.yaml"))
     manifest = (REPO / "examples" / "mailshard-dovecot.yaml").read_text()

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from operator_support import OperatorProcess, eventually, kubectl
-from pair_support import SHARD, A, B, condition, events, route, shard, status
+from pair_support import SHARD, A, B, condition, events, route, set_pod_ready, shard, status
 
 from mailshard.api.routing import ShardState
 from mailshard.builders.names import pod_name
@@ -189,7 +189,7 @@ def test_both_members_down_is_reported_and_never_promotes(
     pair.members[A].kill()
     pair.members[B].kill()
     for member in (A, B):  # what the kubelet does once the agents' readiness probes fail
-        _set_pod_ready(api_client, namespace, f"{member}-0", ready=False)
+        set_pod_ready(api_client, namespace, f"{member}-0", ready=False)
     stalled = eventually(
         lambda: (c := condition(api_client, namespace, "Stalled")).get("status") == "True" and c,
         timeout=20,
@@ -208,7 +208,7 @@ def test_both_members_down_is_reported_and_never_promotes(
     pair.members[A].start()
     pair.members[B].start()
     for member in (A, B):
-        _set_pod_ready(api_client, namespace, f"{member}-0", ready=True)
+        set_pod_ready(api_client, namespace, f"{member}-0", ready=True)
     eventually(
         lambda: condition(api_client, namespace, "Stalled").get("status") in (None, "False"),
         timeout=60,
@@ -216,17 +216,6 @@ def test_both_members_down_is_reported_and_never_promotes(
     )
     assert status(api_client, namespace)["master"] == A
     assert "lastFailover" not in status(api_client, namespace)
-
-
-def _set_pod_ready(api: client.ApiClient, namespace: str, pod: str, ready: bool) -> None:
-    core = client.CoreV1Api(api)
-    current = core.read_namespaced_pod_status(pod, namespace)
-    conditions = []
-    for item in current.status.conditions or []:
-        if item.type in ("Ready", "ContainersReady"):
-            item.status = "True" if ready else "False"
-        conditions.append(api.sanitize_for_serialization(item))
-    core.patch_namespaced_pod_status(pod, namespace, {"status": {"conditions": conditions}})
 
 
 def test_both_agents_silent_while_kubernetes_says_ready_is_uncertain_and_never_promotes(

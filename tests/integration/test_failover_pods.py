@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from operator_support import eventually, kubectl
-from pair_support import SHARD, A, B, condition, route, shard, status
+from pair_support import SHARD, A, B, condition, route, set_pod_ready, shard, status
 
 from mailshard.api.constants import SHARD_CONFIG_KEY
 from mailshard.api.routing import ShardState
@@ -51,18 +51,6 @@ def _events(api: client.ApiClient, namespace: str) -> list[tuple[str, str, str]]
         for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
         if e.involved_object.name == SHARD
     ]
-
-
-def _set_pod_ready(api: client.ApiClient, namespace: str, pod: str, *, ready: bool) -> None:
-    """What the kubelet does to a pod whose readiness probe fails or passes again."""
-    core = client.CoreV1Api(api)
-    current = core.read_namespaced_pod_status(pod, namespace)
-    conditions = []
-    for item in current.status.conditions or []:
-        if item.type in ("Ready", "ContainersReady"):
-            item.status = "True" if ready else "False"
-        conditions.append(api.sanitize_for_serialization(item))
-    core.patch_namespaced_pod_status(pod, namespace, {"status": {"conditions": conditions}})
 
 
 def _roles(api: client.ApiClient, namespace: str) -> dict[str, str]:
@@ -169,7 +157,7 @@ def test_a_master_pod_gone_not_ready_alone_is_replaced(
 ) -> None:
     """Its agent stopped answering and the kubelet marked the pod NotReady: no need for the replica's word."""
     pair.members[A].kill()
-    _set_pod_ready(api_client, namespace, pod_name(A), ready=False)
+    set_pod_ready(api_client, namespace, pod_name(A), ready=False)
 
     done = _failover_recorded(api_client, namespace)
     assert (done["from"], done["to"], done["cause"]) == (A, B, "MasterDown")
@@ -182,7 +170,7 @@ def test_a_master_pod_gone_not_ready_alone_is_replaced(
 
     # The kubelet restarts the container in the same pod: it reads the contract and starts fenced.
     local_agents.restart_from_contract(api_client, namespace, pair, A)
-    _set_pod_ready(api_client, namespace, pod_name(A), ready=True)
+    set_pod_ready(api_client, namespace, pod_name(A), ready=True)
     _until_whole_again(api_client, namespace, old=A, new=B)
     assert route(api_client, namespace).master == B
     assert "superseded" not in _contract(api_client, namespace)

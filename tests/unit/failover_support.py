@@ -125,6 +125,13 @@ gone: as for the master. fenced: a fenced replica. returned: claims master but f
 roleless: role file lost. rogue: claims master, unfenced, in sync."""
 
 
+def grid(text: str) -> dict[tuple[str, str], str]:
+    """A table written as text: a header `row \\ column  c1 c2 ...`, then one line per row; cells by (row, column)."""
+    header, *rows = (line.split() for line in text.splitlines() if line.strip())
+    columns = header[3:]  # after "row \\ column"
+    return {(row[0], column): cell for row in rows for column, cell in zip(columns, row[1:], strict=True)}
+
+
 def shard(
     master: MemberFacts,
     replica: MemberFacts,

@@ -27,6 +27,7 @@ from failover_support import (
     Pair,
     ago,
     at,
+    grid,
     shard,
 )
 
@@ -67,12 +68,7 @@ REJECTIONS = {
 """Why a rejection is given, by the replica's profile (a serving master comes first: 'is not down')."""
 
 
-def _cells() -> list[tuple[str, str, str]]:
-    header, *rows = (line.split() for line in GRID.splitlines() if line.strip())
-    return [(row[0], column, cell) for row in rows for column, cell in zip(header[3:], row[1:], strict=True)]
-
-
-CELLS = _cells()
+CELLS = [(master, replica, cell) for (master, replica), cell in grid(GRID).items()]
 
 
 def test_the_grid_covers_every_pair_of_profiles() -> None:

@@ -34,6 +34,7 @@ from failover_support import (
     Profile,
     ago,
     answering,
+    grid,
     late,
     shard,
     silent,
@@ -83,13 +84,7 @@ disowns            UN   UN    UN    UN    UN         UN      UN     UN   UN     
 """
 
 
-def _grid(text: str) -> dict[tuple[str, str], str]:
-    header, *rows = (line.split() for line in text.splitlines() if line.strip())
-    columns = header[3:]  # after "row \\ column"
-    return {(row[0], column): cell for row in rows for column, cell in zip(columns, row[1:], strict=True)}
-
-
-DIAGNOSES: dict[tuple[str, str], Diagnosis] = {key: ABBREVIATIONS[cell] for key, cell in _grid(DIAGNOSIS_GRID).items()}
+DIAGNOSES: dict[tuple[str, str], Diagnosis] = {key: ABBREVIATIONS[cell] for key, cell in grid(DIAGNOSIS_GRID).items()}
 
 
 def test_the_grid_covers_every_pair_of_profiles() -> None:
@@ -391,7 +386,7 @@ PLANNED_OVERRIDES = {
 def _in_progress_cells() -> dict[tuple[str, str, str, str], str]:
     cells = {}
     for (completed, waits), text in IN_PROGRESS_GRIDS.items():
-        for (source, target), cell in _grid(f"{_HEADER}\n{text}").items():
+        for (source, target), cell in grid(f"{_HEADER}\n{text}").items():
             for wait in waits:
                 cells[completed, wait, source, target] = cell
     return cells

@@ -377,6 +377,17 @@ def _election_rank(member: MemberFacts) -> tuple[bool, bool, int]:
 # --- planned switchover ------------------------------------------------------------------------------
 
 
+def _not_a_promotable_name(facts: ShardFacts, wanted: str) -> str | None:
+    """Why a human's request names nobody to promote: not a member, no master yet, or the master itself."""
+    if wanted not in facts.names:
+        return f"it is not a member of this shard (the members are {' and '.join(facts.names)})"
+    if facts.recorded.master is None:
+        return "the shard has no master yet"
+    if wanted == facts.recorded.master:
+        return f"{wanted} is already the master"
+    return None
+
+
 def _switchover(facts: ShardFacts, finding: Finding, record: RecordedState, wanted: str) -> Decision:
     """A human asked for `wanted` to become master: accept only a HEALTHY shard's replica."""
     master, now = facts.recorded.master, facts.now
@@ -392,12 +403,9 @@ def _switchover(facts: ShardFacts, finding: Finding, record: RecordedState, want
             wanted if wanted in facts.names else None,
         )
 
-    if wanted not in facts.names:
-        return reject(f"it is not a member of this shard (the members are {' and '.join(facts.names)})")
-    if master is None:
-        return reject("the shard has no master yet")
-    if wanted == master:
-        return reject(f"{wanted} is already the master")
+    unnamed = _not_a_promotable_name(facts, wanted)
+    if unnamed is not None or master is None:
+        return reject(unnamed or "the shard has no master yet")
     if finding.diagnosis is not Diagnosis.HEALTHY:
         return reject(f"the shard is not healthy ({finding.diagnosis.value}: {finding.reason})")
     refusal = promotion_refusal(facts, finding, wanted)
@@ -434,12 +442,9 @@ def _forced_promotion(facts: ShardFacts, finding: Finding, record: RecordedState
     def reject(why: str) -> Decision:
         return answer(Action.REJECT_FORCED_PROMOTION, f"forced promotion of {wanted!r} rejected: {why}")
 
-    if wanted not in facts.names:
-        return reject(f"it is not a member of this shard (the members are {' and '.join(facts.names)})")
-    if master is None:
-        return reject("the shard has no master yet")
-    if wanted == master:
-        return reject(f"{wanted} is already the master")
+    unnamed = _not_a_promotable_name(facts, wanted)
+    if unnamed is not None or master is None:
+        return reject(unnamed or "the shard has no master yet")
     if diagnosis is Diagnosis.MASTER_SUSPECT:
         why = f"forced promotion of {wanted} waits: {finding.reason}; whether {master} is down is not known yet"
         return answer(Action.WAIT, why, recheck=_poll(facts))
