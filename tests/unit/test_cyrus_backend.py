@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
 
 import pytest
 
 from mailshard.agent.cyruspreload import daemon_environment
-from mailshard.agent.cyrustools import _split_name, mailbox_name, parse_mbexamine
+from mailshard.agent.cyrustools import (
+    _split_name,
+    imap_date,
+    mailbox_name,
+    parse_journal_header,
+    parse_list,
+    parse_mbexamine,
+)
 from mailshard.agent.daemonlog import parse_line
 from mailshard.backends import MemberRuntimeConfig, ProcessIdentity, ServingMode
 from mailshard.backends.cyrus import CYRUS_CONF, IMAPD_CONF, CyrusSettings, delivery_user, render_cyrus, sasl_users
@@ -166,3 +174,29 @@ def test_a_recipient_delivers_to_its_lowercased_user_without_detail(address: str
 def test_mailbox_names_round_trip_through_mbexamine_names(user: str, mailbox: str, name: str) -> None:
     assert mailbox_name(user, mailbox) == name
     assert _split_name(name) == (user, mailbox)
+
+
+def test_an_imap_list_answer_gives_the_selectable_mailboxes_quoted_as_sent() -> None:
+    listing: list[bytes | tuple[bytes, bytes] | None] = [
+        b'(\\HasNoChildren) "/" INBOX',
+        b'(\\HasChildren \\Noselect) "/" Archive',
+        b'(\\HasNoChildren) "/" "Archive/Old mail"',
+        (b'(\\HasNoChildren) "/" {9}', b'Odd"name\\'),
+        None,
+    ]
+    assert parse_list(listing) == ["INBOX", '"Archive/Old mail"', '"Odd\\"name\\\\"']
+
+
+def test_journal_ids_come_from_the_fetched_headers_only() -> None:
+    fetched: list[bytes | tuple[bytes, bytes] | None] = [
+        (b"1 (UID 7 BODY[HEADER.FIELDS (X-Mailshard-Journal)] {48}", b"X-Mailshard-Journal: s1-a.17.abc\r\n\r\n"),
+        b")",
+        (b"2 (UID 8 BODY[HEADER.FIELDS (X-Mailshard-Journal)] {2}", b"\r\n"),
+        (b"3 (UID 9 BODY[HEADER.FIELDS (X-Mailshard-Journal)] {40}", b"x-mailshard-journal:\ts1-a.18\r\n\r\n"),
+    ]
+    assert parse_journal_header(fetched) == {"s1-a.17.abc", "s1-a.18"}
+
+
+def test_imap_dates_are_english_whatever_the_locale() -> None:
+    assert imap_date(datetime.date(2026, 12, 2)) == "02-Dec-2026"
+    assert imap_date(datetime.date(2027, 1, 31)) == "31-Jan-2027"

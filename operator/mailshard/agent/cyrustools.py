@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import imaplib
 import os
 import re
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailshard.agent.identity import RunAs
+from mailshard.agent.lmtp import JOURNAL_HEADER
 from mailshard.agent.observe import MailboxState, ParseError
 from mailshard.agent.peer import Probe, ProbeResult
 
@@ -253,6 +255,94 @@ async def create_inboxes(host: str, port: int, admin: str, password: str, users:
         return await asyncio.to_thread(_create_inboxes, host, port, admin, password, users)
     except (OSError, imaplib.IMAP4.error) as exc:
         raise CyrusToolError(f"cannot create INBOXes over IMAP {host}:{port}: {exc}") from exc
+
+
+_LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+)$')
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+FETCH_CHUNK = 500
+"""UIDs per FETCH of the journal header."""
+
+
+def parse_list(lines: Iterable[bytes | tuple[bytes, bytes] | None]) -> list[str]:
+    """The selectable mailbox names of an IMAP LIST answer, quoted as a command needs them."""
+    names = []
+    for item in lines:
+        if isinstance(item, tuple):  # a name sent as a literal
+            flags, name = item[0], b'"' + item[1].replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+            if b"\\noselect" not in flags.lower():
+                names.append(name.decode())
+            continue
+        match = _LIST_LINE.match(item or b"")
+        if match and b"\\noselect" not in match.group("flags").lower():
+            names.append(match.group("name").decode())
+    return names
+
+
+def imap_date(day: datetime.date) -> str:
+    """``02-Dec-2026``: IMAP's date, in English whatever the locale."""
+    return f"{day.day:02d}-{_MONTHS[day.month - 1]}-{day.year}"
+
+
+def parse_journal_header(fetched: Iterable[bytes | tuple[bytes, bytes] | None]) -> set[str]:
+    """The journal ids in a ``FETCH (BODY.PEEK[HEADER.FIELDS (X-Mailshard-Journal)])`` answer."""
+    found: set[str] = set()
+    pattern = re.compile(rb"^" + re.escape(JOURNAL_HEADER.encode()) + rb":[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
+    for item in fetched:
+        if isinstance(item, tuple):
+            found.update(value.decode() for value in pattern.findall(item[1]))
+    return found
+
+
+@dataclass(frozen=True)
+class AdminLogin:
+    """Where the member's IMAP listens, and the admin (the replication login) who may act as any user."""
+
+    host: str
+    port: int
+    name: str
+    password: str
+
+
+def _journal_ids(admin: AdminLogin, user: str, since: datetime.date) -> set[str]:
+    client = imaplib.IMAP4(admin.host, admin.port, timeout=IMAP_TIMEOUT)
+    try:
+        # An admin may act as any user (SASL authorization id): the user's own view, no ACL to change.
+        client.authenticate("PLAIN", lambda _: f"{user}\0{admin.name}\0{admin.password}".encode())
+        typ, listing = client.list()
+        if typ != "OK":
+            raise CyrusToolError(f"LIST for {user} failed: {listing!r}")
+        found: set[str] = set()
+        for mailbox in parse_list(listing):
+            typ, data = client.select(mailbox, readonly=True)
+            if typ != "OK":
+                raise CyrusToolError(f"EXAMINE {mailbox} of {user} failed: {data!r}")
+            typ, data = client.uid("SEARCH", "SAVEDSINCE", imap_date(since))
+            if typ != "OK":
+                raise CyrusToolError(f"SEARCH in {mailbox} of {user} failed: {data!r}")
+            uids = (data[0] or b"").split()
+            for start in range(0, len(uids), FETCH_CHUNK):
+                chunk = b",".join(uids[start : start + FETCH_CHUNK]).decode()
+                typ, fetched = client.uid("FETCH", chunk, f"(BODY.PEEK[HEADER.FIELDS ({JOURNAL_HEADER})])")
+                if typ != "OK":
+                    raise CyrusToolError(f"FETCH in {mailbox} of {user} failed: {fetched!r}")
+                found |= parse_journal_header(fetched)
+        return found
+    finally:
+        with contextlib.suppress(OSError, imaplib.IMAP4.error):
+            client.logout()
+
+
+async def journal_ids(admin: AdminLogin, user: str, since: datetime.date) -> set[str]:
+    """The journal ids (``X-Mailshard-Journal``) of a user's messages saved since ``since``, in every mailbox.
+
+    Read over IMAP as the user (the admin authorizing as them): the counterpart of ``doveadm fetch
+    ... SAVEDSINCE``. IMAP's SAVEDSINCE takes a day, so the caller passes a day that is early enough;
+    more messages looked at only makes the answer surer.
+    """
+    try:
+        return await asyncio.to_thread(_journal_ids, admin, user, since)
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise CyrusToolError(f"cannot read {user}'s journal ids over IMAP {admin.host}:{admin.port}: {exc}") from exc
 
 
 async def probe_sync_port(host: str, port: int, *, wait_seconds: float = 3.0) -> Probe:

@@ -26,7 +26,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,15 @@ import aiohttp
 from pydantic import ValidationError
 
 from mailshard.agent.cyruspreload import daemon_environment, preload_path
-from mailshard.agent.cyrustools import CyrusInstall, CyrusToolError, CyrusTools, create_inboxes, probe_sync_port
+from mailshard.agent.cyrustools import (
+    AdminLogin,
+    CyrusInstall,
+    CyrusToolError,
+    CyrusTools,
+    create_inboxes,
+    probe_sync_port,
+)
+from mailshard.agent.cyrustools import journal_ids as cyrus_journal_ids
 from mailshard.agent.daemonlog import SyslogReceiver
 from mailshard.agent.decide import (
     Action,
@@ -611,8 +619,6 @@ class Agent:
             entries = self.journal.entries()
             if not entries:
                 return 200, {"entries": 0, "replayed": 0, "present": 0}
-            if self.backend is Backend.CYRUS:
-                return 501, {"error": "replaying the journal is not implemented for Cyrus", "entries": len(entries)}
             present, failures = await self._journal_presence(entries)
             replayed, already, more_failures = await self._deliver_missing(entries, present)
             failures += more_failures
@@ -627,15 +633,24 @@ class Agent:
             return 200, summary
 
     async def _journal_presence(self, entries: list[JournalEntry]) -> tuple[dict[str, set[str]], list[str]]:
-        """Per recipient, the journal ids its store already holds (one doveadm fetch per user)."""
+        """Per recipient, the journal ids its store already holds (one doveadm fetch, or IMAP session, per user)."""
         window = int(time.time() - min(entry.delivered_at for entry in entries)) + REPLAY_MARGIN_SECONDS
+        # IMAP's SAVEDSINCE takes a day (the server's): one day earlier covers any time zone.
+        since = (datetime.now(UTC) - timedelta(seconds=window, days=1)).date()
+        port = self._cyrus_port()
         present: dict[str, set[str]] = {}
         failures: list[str] = []
-        for user in sorted({recipient for entry in entries for recipient in entry.recipients}):
+        for recipient in sorted({recipient for entry in entries for recipient in entry.recipients}):
             try:
-                present[user] = await self.doveadm.journal_ids(user, window)
-            except (DoveadmError, ParseError) as exc:
-                failures.append(f"{user}: {exc}")
+                if self.backend is Backend.CYRUS:
+                    assert port is not None
+                    assert self.doveadm_password is not None
+                    admin = AdminLogin(port[0], port[1], SYNC_ADMIN, self.doveadm_password)
+                    present[recipient] = await cyrus_journal_ids(admin, delivery_user(recipient), since)
+                else:
+                    present[recipient] = await self.doveadm.journal_ids(recipient, window)
+            except (DoveadmError, ParseError, CyrusToolError) as exc:
+                failures.append(f"{recipient}: {exc}")
         return present, failures
 
     async def _deliver_missing(
