@@ -1,4 +1,4 @@
-"""The delivery journal on real Cyrus: a master killed mid-stream loses no acknowledged message.
+"""The delivery journal on real Cyrus: a master killed mid-stream loses no acknowledged message, none twice.
 
 The same scenario as the first test of ``test_journal.py``, with Cyrus
 members: LMTP deliveries stream into the master while it is SIGKILLed
@@ -7,7 +7,9 @@ UIDNEXT and replays its journal. The replay is backend-neutral: the new
 master finds the journal ids it already holds over IMAP (the admin acting as
 each recipient, every mailbox, ``SAVEDSINCE``) and delivers the rest to
 ``lmtpd``. Every message that got a 250 must be on the new master exactly
-once, under the UIDVALIDITY it started with.
+once, under the UIDVALIDITY it started with. The old master then returns,
+is re-seeded (it starts empty and the new master pushes every user) and
+rejoins as replica; its own never-replicated copies must not come back.
 """
 
 from __future__ import annotations
@@ -84,3 +86,25 @@ async def test_a_killed_cyrus_master_loses_no_acknowledged_delivery(make_cyrus_p
     errors = (await b.status())["errors"]
     assert all("unreachable" in error for error in errors), errors  # only the dead old master is missed
     print(f"\njournal held {outcome.journal_at_kill} at the kill: {outcome.replayed} replayed, {outcome.present} held")
+
+    # The old master returns fenced, is demoted and re-seeded: it starts empty and the new master pushes its
+    # whole store, so the copies it accepted but never replicated do not come back to the new master.
+    a.start()
+    await a.wait_healthy()
+    assert (await a.status())["mode"] == "fenced", "a superseded master must come back fenced"
+    await a.action("demote")
+    reseeded = await a.action("reseed")
+    assert reseeded["status"]["mode"] == "replica"
+    assert not (a.data_dir / "reseed-set-aside").exists() or not any((a.data_dir / "reseed-set-aside").iterdir())
+    await converged(b, a)
+    on_b = await asyncio.to_thread(held, b, users)
+    assert_nothing_lost(on_b, steady.acked + stream.acked, stream.unacked)
+    after = Stream("127.0.0.1", b.ports["lmtp"], users, "after").start()
+    after.wait_for(len(users))
+    after.stop()
+    await converged(b, a)
+    _, repeated = await a.request("POST", "/reseed")  # an unfenced replica: nothing to do
+    assert repeated["changed"] is False
+    for member in (a, b):
+        status = await member.wait_status(lambda s: s["replication"]["state"] == "in-sync", what="in sync")
+        assert status["errors"] == [], status["errors"]

@@ -202,6 +202,15 @@ class CyrusTools:
                 placeholder.unlink()
         await self._run(reconstruct)
 
+    async def push_all_users(self, *, within: float) -> None:
+        """One ``sync_client -A``: every user, whole, to the replica (a master's side of a Cyrus re-seed)."""
+        argv = [str(self.install.libexec / "sync_client"), "-C", str(self.imapd_conf), "-A"]
+        timeout, self.timeout = self.timeout, within
+        try:
+            await self._run(argv)
+        finally:
+            self.timeout = timeout
+
     async def write_sasldb(self, path: Path, users: Iterable[tuple[str, str]], admins: Mapping[str, str]) -> None:
         """Build a fresh sasldb at ``path`` (atomically) from (user, password) pairs plus the admins."""
         tmp = path.with_name(f".{path.name}.new")

@@ -16,9 +16,11 @@ bearer token and call the ``Agent``.
   in the replica's journal (the message as body, its entry as JSON in the
   ``X-Mailshard-Journal-Entry`` header); 409 unless this member is a replica.
 - ``POST /replay``: bearer token; a new master delivers the journal entries
-  its store lacks (a failover step); 501 on Cyrus.
+  its store lacks (a failover step).
 - ``POST /reseed``: bearer token; a demoted, fenced member makes its store
   equal to the master's, then rejoins as replica (a failover step).
+- ``POST /push``: bearer token; a Cyrus master pushes every user, whole, to
+  its replica (what a re-seeded Cyrus replica asks of it); 501 on Dovecot.
 """
 
 from __future__ import annotations
@@ -117,6 +119,12 @@ async def reseed(request: web.Request) -> web.StreamResponse:
     return web.json_response(answer, status=code)
 
 
+@_require_token
+async def push(request: web.Request) -> web.StreamResponse:
+    code, answer = await request.app[AGENT_KEY].push_all()
+    return web.json_response(answer, status=code)
+
+
 def build_app(agent: Agent) -> web.Application:
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES + 1024 * 1024)
     app[AGENT_KEY] = agent
@@ -129,4 +137,5 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_post("/journal", journal)
     app.router.add_post("/replay", replay)
     app.router.add_post("/reseed", reseed)
+    app.router.add_post("/push", push)
     return app

@@ -95,3 +95,19 @@ class PeerAgent:
         if not isinstance(data, dict):
             raise PeerAgentError(f"peer agent {url} sent a non-object status")
         return data
+
+    async def push_all(self, *, within: float) -> dict[str, Any]:
+        """Ask the peer, a Cyrus master, to push every user to its replica (``POST /push``); its answer."""
+        url = f"{self.base_url}/push"
+        try:
+            async with self.session.post(
+                url, headers={"Authorization": f"Bearer {self.token}"}, timeout=aiohttp.ClientTimeout(total=within)
+            ) as response:
+                data = await response.json(content_type=None)
+                if response.status != 200:
+                    raise PeerAgentError(f"peer agent {url} answered HTTP {response.status}: {data}")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise PeerAgentError(f"peer agent {url} failed: {exc or type(exc).__name__}") from exc
+        if not isinstance(data, dict):
+            raise PeerAgentError(f"peer agent {url} sent a non-object answer")
+        return data

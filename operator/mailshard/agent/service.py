@@ -114,6 +114,8 @@ RESEED_ATTEMPT_SECONDS = 15.0
 """One user's re-seed attempt; a returning old master only pulls its difference, which takes well under a second."""
 SYSLOG_SOCKET = "syslog"
 """The socket in the run directory that Cyrus's syslog lines are sent to (``daemonlog``)."""
+PUSH_SECONDS = 3600.0
+"""Longest a Cyrus master's full push of every user to a re-seeded replica may take."""
 REPLAY_MARGIN_SECONDS = 3600
 """The replay looks for journal ids among messages saved this long before the oldest entry, and since."""
 
@@ -702,9 +704,12 @@ class Agent:
             config = self.config
             if config is None:
                 return 409, {"error": f"cannot reseed: {self.config_error}"}
-            if self.member.mode is ServingMode.REPLICA:
+            pushed = self.backend is Backend.DOVECOT or not self._push_pending.exists()
+            if self.member.mode is ServingMode.REPLICA and pushed:
                 return 200, {"result": "already a replica", "changed": False, "status": self.status()}
-            if self.member.role is not Role.REPLICA or not self.member.fenced:
+            if self.member.mode is not ServingMode.REPLICA and (
+                self.member.role is not Role.REPLICA or not self.member.fenced
+            ):
                 return 409, {"error": "only a demoted (role replica) and fenced member is re-seeded; demote it first"}
             if config.peer is None:
                 return 409, {"error": "no peer to re-seed from"}
@@ -714,9 +719,83 @@ class Agent:
                     log.error("re-seed from %s failed: %s", config.peer.name, problem)
                     return 500, {"error": f"re-seed from {config.peer.name} failed: {problem}"}
                 log.info("re-seeded from %s: this store now equals the master's", config.peer.name)
-            else:
-                log.warning("Cyrus: no re-seed; rolling replication resumes from the master's sync log")
-        return await self.act(Action.UNFENCE)
+            elif self.member.mode is not ServingMode.REPLICA:
+                await self.supervisor.stop()
+                await asyncio.to_thread(self._set_aside_cyrus_store)
+        if self.backend is Backend.DOVECOT:
+            return await self.act(Action.UNFENCE)
+        if self.member.mode is not ServingMode.REPLICA:
+            code, answer = await self.act(Action.UNFENCE)
+            if code != 200:
+                return code, answer
+        # Until the master has pushed everything, a repeated /reseed pushes again (the marker says so).
+        problem = await self._pulled_from_master()
+        if problem is not None:
+            log.error("re-seed from %s failed: %s; the old store is kept in %s", config.peer.name, problem, self._aside)
+            return 500, {"error": f"re-seed from {config.peer.name} failed: {problem}", "status": self.status()}
+        self._push_pending.unlink(missing_ok=True)
+        await asyncio.to_thread(shutil.rmtree, self._aside, True)
+        log.info("re-seeded from %s: this store now equals the master's", config.peer.name)
+        return 200, {"result": "re-seeded", "changed": True, "status": self.status()}
+
+    @property
+    def _push_pending(self) -> Path:
+        """Cyrus: present from the moment the old store is set aside until the master has pushed its own."""
+        return self.settings.data_dir / "reseed-push-pending"
+
+    @property
+    def _aside(self) -> Path:
+        return self.settings.data_dir / "reseed-set-aside"
+
+    def _set_aside_cyrus_store(self) -> None:
+        """Move the whole Cyrus store (databases and mail) out of the way: the replica starts empty.
+
+        Why not keep it: Cyrus's replication copies a replica's messages that
+        its master lacks back to the master, so the old master's
+        never-replicated copies would come back beside their journal replays,
+        as duplicates (seen on 3.6.1). An empty replica gets exactly the
+        master's store. The old one is removed once the master has pushed.
+        """
+        aside = self._aside / f"cyrus.{time.time_ns()}"
+        aside.mkdir(parents=True)
+        self._push_pending.write_text(str(aside) + "\n")
+        for directory in (self.paths.state_dir, self.paths.mail_dir):
+            if directory.exists():
+                directory.rename(aside / directory.name)
+        log.warning("set the old Cyrus store aside to %s: the master pushes its whole store", aside)
+
+    async def _pulled_from_master(self) -> str | None:
+        """Ask the master to push every user here (``POST /push``); None once it has."""
+        config, session = self.config, self._session
+        if config is None or config.peer is None or session is None:
+            return "no peer to re-seed from"
+        agent = PeerAgent(session, f"http://{config.peer.host}:{config.peer.agent_port}", self.settings.token)
+        try:
+            await agent.push_all(within=PUSH_SECONDS + 30)
+        except PeerAgentError as exc:
+            return str(exc)
+        return None
+
+    async def push_all(self) -> tuple[int, dict[str, Any]]:
+        """A Cyrus master pushes every user, whole, to its replica: what a re-seeded (empty) replica needs.
+
+        Rolling replication sends only what changes from now on; a replica that
+        starts empty must first get everything (``sync_client -A``).
+        """
+        async with self._lock:
+            if self.backend is not Backend.CYRUS:
+                return 501, {"error": "only a Cyrus master pushes its store (Dovecot's replica pulls with dsync)"}
+            if self.member.mode is not ServingMode.MASTER or not self.supervisor.up:
+                return 409, {"error": f"only a running master pushes its store (this member is {self.mode.value})"}
+            started = time.monotonic()
+            try:
+                await self.cyrus.push_all_users(within=PUSH_SECONDS)
+            except CyrusToolError as exc:
+                log.error("pushing every user to the replica failed: %s", exc)
+                return 500, {"error": f"pushing every user to the replica failed: {exc}"}
+            seconds = round(time.monotonic() - started, 3)
+            log.info("pushed every user to the replica in %.1f s", seconds)
+            return 200, {"pushed": True, "seconds": seconds}
 
     async def _pull_all_users(self, peer: str) -> str | None:
         """`doveadm backup -R` of every user, a few at a time, each retried; None when all succeeded.
