@@ -2,8 +2,9 @@
 
 The chart `charts/mailshard-operator` is hand-written except for what must not
 drift from the code: the CRDs (the exact text of `crds/`, wrapped in the
-`crds.enabled` guard and the `crds.keep` annotation) and the ClusterRole's
-rules (`mailshard.rbac.RULES`, each with its reason as a comment).
+`crds.enabled` guard and the `crds.keep` annotation) and the RBAC rules
+(`mailshard.rbac.CLUSTER_RULES` and `NAMESPACED_RULES`, each with its reason
+as a comment; the ClusterRole and the per-namespace Roles include them).
 `python -m mailshard crds --write crds/` writes them next to `crds/`, and
 `--check crds/` fails CI when the chart on disk differs.
 
@@ -26,7 +27,8 @@ DEFAULT_CHART: Final = Path("charts") / "mailshard-operator"
 
 CRD_TEMPLATES: Final = Path("templates") / "crds"
 RULES_TEMPLATE: Final = Path("templates") / "_rbac-rules.tpl"
-RULES_DEFINE: Final = "mailshard-operator.rbacRules"
+CLUSTER_RULES_DEFINE: Final = "mailshard-operator.rbacClusterRules"
+NAMESPACED_RULES_DEFINE: Final = "mailshard-operator.rbacNamespacedRules"
 
 CRD_GUARD_OPEN: Final = "{{- if .Values.crds.enabled }}\n"
 CRD_GUARD_CLOSE: Final = "{{- end }}\n"
@@ -50,22 +52,23 @@ def crd_template(crd_file: str) -> str:
 
 
 def rules_template() -> str:
-    """The ClusterRole's rules as a named template, one commented rule per entry of `mailshard.rbac.RULES`."""
+    """The RBAC rules as two named templates, one commented rule per entry of `mailshard.rbac`'s two scopes."""
     lines = [
         "{{/*",
-        "Generated from mailshard.rbac.RULES by `python -m mailshard crds --write crds/`.",
+        "Generated from mailshard.rbac by `python -m mailshard crds --write crds/`.",
         "Do not edit: change operator/mailshard/rbac.py and regenerate.",
         "*/}}",
-        f'{{{{- define "{RULES_DEFINE}" -}}}}',
     ]
-    for group, resources, verbs, why in rbac.RULES:
-        lines += [
-            f"# {why}",
-            f"- apiGroups: {json.dumps([group])}",
-            f"  resources: {json.dumps(list(resources))}",
-            f"  verbs: {json.dumps(list(verbs))}",
-        ]
-    lines.append("{{- end }}")
+    for define, rules in ((CLUSTER_RULES_DEFINE, rbac.CLUSTER_RULES), (NAMESPACED_RULES_DEFINE, rbac.NAMESPACED_RULES)):
+        lines.append(f'{{{{- define "{define}" -}}}}')
+        for group, resources, verbs, why in rules:
+            lines += [
+                f"# {why}",
+                f"- apiGroups: {json.dumps([group])}",
+                f"  resources: {json.dumps(list(resources))}",
+                f"  verbs: {json.dumps(list(verbs))}",
+            ]
+        lines.append("{{- end }}")
     return "\n".join(lines) + "\n"
 
 

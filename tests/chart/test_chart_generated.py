@@ -58,7 +58,7 @@ def test_a_changed_model_fails_the_check_of_the_chart_too(monkeypatch: pytest.Mo
 
 def test_a_changed_rbac_rule_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     extra = ("", ("secrets",), ("list",), "a rule someone added to rbac.py")
-    monkeypatch.setattr(rbac, "RULES", (*rbac.RULES, extra))
+    monkeypatch.setattr(rbac, "NAMESPACED_RULES", (*rbac.NAMESPACED_RULES, extra))
     (drift,) = check_chart(CHART)
     assert drift.path == CHART / "templates" / "_rbac-rules.tpl"
     assert '+  verbs: ["list"]' in drift.diff

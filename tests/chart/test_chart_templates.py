@@ -139,6 +139,49 @@ def test_secrets_are_only_read_by_name_created_and_patched(default: list[Manifes
     assert rules == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]}]
 
 
+def test_no_rule_grants_what_the_code_never_does(default: list[Manifest]) -> None:
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in only(default, "ClusterRole")["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    # `update` only where the API demands it: setting blockOwnerDeletion checks update on the owner's finalizers.
+    assert {key[1] for key, verbs in granted.items() if "update" in verbs} == {
+        "mailshards/finalizers",
+        "mailclusters/finalizers",
+    }
+    assert {key for key, verbs in granted.items() if "delete" in verbs} == {("", "persistentvolumeclaims")}
+    assert ("", "nodes") not in granted  # failover reads the agents, never node status
+    assert ("events.k8s.io", "events") not in granted  # ours and kopf's Events are core/v1
+
+
+def test_watch_namespaces_grant_namespaced_rules_in_those_namespaces_only() -> None:
+    objects = render({"watchNamespaces": ["mail-a", "mail-b"]})
+    cluster_rules = only(objects, "ClusterRole")["rules"]
+    assert cluster_rules == rbac.cluster_role_rules(every_namespace=False)
+    cluster_resources = {resource for rule in cluster_rules for resource in rule["resources"]}
+    assert cluster_resources == {"storageclasses", "namespaces", "customresourcedefinitions", "clusterkopfpeerings"}
+    for namespace in ("mail-a", "mail-b"):
+        role = only((o for o in objects if o["metadata"].get("namespace") == namespace), "Role")
+        assert role["metadata"]["name"] == FULLNAME
+        assert role["rules"] == rbac.role_rules()
+        assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]} in role["rules"]
+        binding = only((o for o in objects if o["metadata"].get("namespace") == namespace), "RoleBinding")
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] in ("Role", "RoleBinding")} == {
+        "mail-a",
+        "mail-b",
+    }
+
+
+def test_every_rule_is_in_exactly_one_scope_and_the_default_has_them_all(default: list[Manifest]) -> None:
+    assert only(default, "ClusterRole")["rules"] == rbac.cluster_role_rules()
+    assert rbac.cluster_role_rules() == rbac.cluster_role_rules(every_namespace=False) + rbac.role_rules()
+    assert not {"Role", "RoleBinding"} & {o["kind"] for o in default}
+
+
 # --- CRDs ----------------------------------------------------------------------------------------
 
 
@@ -288,7 +331,6 @@ def test_watch_namespaces_become_arguments_and_namespaced_peerings() -> None:
         ("KopfPeering", "mail-a", FULLNAME),
         ("KopfPeering", "mail-b", FULLNAME),
     ]
-    assert only(objects, "ClusterRole")["rules"] == rbac.cluster_role_rules()  # still cluster-wide
 
 
 # --- monitoring ----------------------------------------------------------------------------------
