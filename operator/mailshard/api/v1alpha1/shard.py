@@ -173,7 +173,8 @@ class ShardPhase(enum.StrEnum):
     UPDATING = "Updating"
     """A member is being replaced on purpose (a rollout); the other one serves."""
     DEGRADED = "Degraded"
-    """A pair that was healthy has lost a member it did not choose to lose."""
+    """A pair that was healthy has lost a member it did not choose to lose, or after a failover has it back
+    but not yet seen in sync with the new master."""
     FAILING_OVER = "FailingOver"
     """The replica is being promoted."""
     FENCED = "Fenced"
