@@ -152,15 +152,21 @@ def test_a_service_the_api_refuses_stalls_the_cluster_with_the_apis_reason(
     )
 
 
+def proxy_identity(api_client: client.ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path) -> Path:
+    """The examples applied, their proxy tier's identity and routing table in place: a kubeconfig as that identity."""
+    apply_examples(kubeconfig, namespace)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    eventually(lambda: _get(rbac.read_namespaced_role_binding, namespace), what="the RoleBinding")
+    core = client.CoreV1Api(api_client)
+    eventually(lambda: _get(core.read_namespaced_config_map, namespace, "demo-routing"), what="the table")
+    return service_account_kubeconfig(api_client, kubeconfig, namespace, PROXY, tmp_path / "proxy.kubeconfig")
+
+
 def test_the_proxies_identity_reads_its_routing_table_and_nothing_else(
     api_client: client.ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path
 ) -> None:
-    apply_examples(kubeconfig, namespace)
+    identity = proxy_identity(api_client, kubeconfig, namespace, tmp_path)
     core = client.CoreV1Api(api_client)
-    rbac = client.RbacAuthorizationV1Api(api_client)
-    eventually(lambda: _get(rbac.read_namespaced_role_binding, namespace), what="the RoleBinding")
-    eventually(lambda: _get(core.read_namespaced_config_map, namespace, "demo-routing"), what="the table")
-    identity = service_account_kubeconfig(api_client, kubeconfig, namespace, PROXY, tmp_path / "proxy.kubeconfig")
 
     def allowed(verb: str, resource: str, name: str | None = None) -> bool:
         review = {
@@ -198,12 +204,8 @@ def test_the_sidecar_process_serves_its_metrics_and_measures_route_propagation(
     api_client: client.ApiClient, kubeconfig: Path, namespace: str, tmp_path: Path
 ) -> None:
     """`python -m mailshard.proxy follow` exactly as the pod runs it, as the pod's identity, scraped on its port."""
-    apply_examples(kubeconfig, namespace)
+    identity = proxy_identity(api_client, kubeconfig, namespace, tmp_path)
     core = client.CoreV1Api(api_client)
-    rbac = client.RbacAuthorizationV1Api(api_client)
-    eventually(lambda: _get(rbac.read_namespaced_role_binding, namespace), what="the RoleBinding")
-    eventually(lambda: _get(core.read_namespaced_config_map, namespace, "demo-routing"), what="the table")
-    identity = service_account_kubeconfig(api_client, kubeconfig, namespace, PROXY, tmp_path / "proxy.kubeconfig")
     deployment = client.AppsV1Api(api_client).read_namespaced_deployment(PROXY, namespace)
     routing = next(c for c in deployment.spec.template.spec.containers if c.name == "routing")
     assert [(p.name, p.container_port) for p in routing.ports] == [("metrics", proxy_pod.METRICS_PORT)]
