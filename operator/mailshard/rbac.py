@@ -2,8 +2,9 @@
 
 Each rule says why it is there, and holds only the verbs the code uses (the
 operator writes with server-side apply, JSON merge patch and create; it
-deletes nothing but mail volumes under `reclaimPolicy: Delete`, and kopf
-patches, never updates). No wildcard verbs or resources.
+deletes only mail volumes (under `reclaimPolicy: Delete`, or lost with their
+node) and the pod of a member started afresh, and kopf patches, never
+updates). No wildcard verbs or resources.
 
 The rules come in two scopes. `CLUSTER_RULES` concern cluster-scoped objects
 (our CRDs, namespaces, StorageClasses, the cluster-wide peering) and always

@@ -151,8 +151,13 @@ def test_no_rule_grants_what_the_code_never_does(default: list[Manifest]) -> Non
         "mailshards/finalizers",
         "mailclusters/finalizers",
     }
-    assert {key for key, verbs in granted.items() if "delete" in verbs} == {("", "persistentvolumeclaims")}
-    assert ("", "nodes") not in granted  # failover reads the agents, never node status
+    # Deletes: mail volumes (reclaimPolicy Delete, or lost with their node) and the pod of a member started afresh.
+    assert {key for key, verbs in granted.items() if "delete" in verbs} == {
+        ("", "persistentvolumeclaims"),
+        ("", "pods"),
+    }
+    # Nodes and volumes are read one by one (where a lost volume lived), never listed or watched.
+    assert granted[("", "nodes")] == granted[("", "persistentvolumes")] == {"get"}
     assert ("events.k8s.io", "events") not in granted  # ours and kopf's Events are core/v1
 
 
@@ -161,7 +166,14 @@ def test_watch_namespaces_grant_namespaced_rules_in_those_namespaces_only() -> N
     cluster_rules = only(objects, "ClusterRole")["rules"]
     assert cluster_rules == rbac.cluster_role_rules(every_namespace=False)
     cluster_resources = {resource for rule in cluster_rules for resource in rule["resources"]}
-    assert cluster_resources == {"storageclasses", "namespaces", "customresourcedefinitions", "clusterkopfpeerings"}
+    assert cluster_resources == {
+        "storageclasses",
+        "namespaces",
+        "persistentvolumes",
+        "nodes",
+        "customresourcedefinitions",
+        "clusterkopfpeerings",
+    }
     for namespace in ("mail-a", "mail-b"):
         role = only((o for o in objects if o["metadata"].get("namespace") == namespace), "Role")
         assert role["metadata"]["name"] == FULLNAME
