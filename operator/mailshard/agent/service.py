@@ -620,7 +620,7 @@ class Agent:
                 return 409, {"error": f"only a running master replays the journal (this member is {self.mode.value})"}
             entries = self.journal.entries()
             if not entries:
-                return 200, {"entries": 0, "replayed": 0, "present": 0}
+                return 200, {"entries": 0, "replayed": 0, "present": 0, "kept": 0}
             present, failures = await self._journal_presence(entries)
             replayed, already, more_failures = await self._deliver_missing(entries, present)
             failures += more_failures
