@@ -70,9 +70,7 @@ def subjects(member: Member, user: str, password: str) -> list[str]:
         assert client.select("INBOX", readonly=True)[0] == "OK"
         typ, data = client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         assert typ == "OK", data
-        return sorted(
-            item[1].decode().strip().removeprefix("Subject: ") for item in data if isinstance(item, tuple)
-        )
+        return sorted(item[1].decode().strip().removeprefix("Subject: ") for item in data if isinstance(item, tuple))
     finally:
         client.logout()
 
