@@ -121,10 +121,36 @@ async def test_a_killed_master_loses_no_acknowledged_delivery(make_pair: PairFac
     pair: Pair = make_pair(users=5)
     a, b = pair.a, pair.b
     users = pair.users
-    await pair.start()
-    await a.wait_status(lambda s: s["replication"]["peerDoveadm"] == "ok", what="peer doveadm reachable")
+    await kill_mid_stream(pair, DOVEADM)
 
-    # Steady state: every delivery is journaled on the replica, and pruned once the replica holds it.
+    # The old master returns and ends up with exactly the new master's mail, once.
+    await rejoin(a, b)
+    more = [(user, mailtools.make_message(user, 900)) for user in users]
+    assert await asyncio.to_thread(mailtools.deliver, b.ports["lmtp"], more) == len(users)
+    on_a = await same_mail(b, a, users)
+    assert all(copies == 1 for copies in on_a.values()), "the re-seed kept old copies next to the replayed ones"
+    _, repeated = await a.request("POST", "/reseed")  # an unfenced replica: nothing to do
+    assert repeated["changed"] is False
+    assert repeated["status"]["mode"] == "replica"
+
+
+@dataclass(frozen=True)
+class Killed:
+    """What a master killed mid-stream left: what was acknowledged, and what the failover did."""
+
+    acked: list[Sent]
+    unacked: list[Sent]
+    outcome: Outcome
+
+
+async def kill_mid_stream(pair: Pair, store: StoreReader) -> Killed:
+    """Steady deliveries (journaled, pruned once replicated), then the master SIGKILLed mid-stream, its disk kept;
+    the replica takes over and replays; every acknowledged message is on it once, under the same UIDVALIDITY."""
+    a, b = pair.a, pair.b
+    users = pair.users
+    await pair.start()
+    await a.wait_status(lambda s: s["readyAsMaster"] and s["replication"]["peerDoveadm"] == "ok", what="ready")
+
     steady = Stream("127.0.0.1", a.ports["lmtp"], users, "steady").start()
     steady.wait_for(100)
     steady.stop()
@@ -136,29 +162,20 @@ async def test_a_killed_master_loses_no_acknowledged_delivery(make_pair: PairFac
     assert status_a["unjournaled"] == 0
     await b.wait_status(lambda s: s["journal"]["entries"] == 0, what="journal pruned once in sync")
 
-    # The master dies mid-stream, its disk kept; the replica takes over and replays.
     stream = Stream("127.0.0.1", a.ports["lmtp"], users, "killed").start()
     stream.wait_for(150)
-    before = await asyncio.to_thread(uidvalidities, a)
+    before = await asyncio.to_thread(store.uidvalidities, a)
     last_report = await a.status()  # what the operator last polled of the old master
     a.kill()
     stream.stop()
     outcome = await fail_over(last_report, b)
     _, again = await b.request("POST", "/replay")
     assert again == {"entries": 0, "replayed": 0, "present": 0, "kept": 0}  # idempotent
-    assert_nothing_lost(await asyncio.to_thread(held, b, users), steady.acked + stream.acked, stream.unacked)
-    assert await asyncio.to_thread(uidvalidities, b) == before, "UIDVALIDITY must survive a failover"
+    acked = steady.acked + stream.acked
+    assert_nothing_lost(await asyncio.to_thread(store.held, b, users), acked, stream.unacked)
+    assert await asyncio.to_thread(store.uidvalidities, b) == before, "UIDVALIDITY must survive a failover"
     print(f"\njournal held {outcome.journal_at_kill} at the kill: {outcome.replayed} replayed, {outcome.present} held")
-
-    # The old master returns and ends up with exactly the new master's mail, once.
-    await rejoin(a, b)
-    more = [(user, mailtools.make_message(user, 900)) for user in users]
-    assert await asyncio.to_thread(mailtools.deliver, b.ports["lmtp"], more) == len(users)
-    on_a = await same_mail(b, a, users)
-    assert all(copies == 1 for copies in on_a.values()), "the re-seed kept old copies next to the replayed ones"
-    _, repeated = await a.request("POST", "/reseed")  # an unfenced replica: nothing to do
-    assert repeated["changed"] is False
-    assert repeated["status"]["mode"] == "replica"
+    return Killed(acked, stream.unacked, outcome)
 
 
 KILLS = 20
