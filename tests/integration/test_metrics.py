@@ -23,13 +23,15 @@ def test_metrics_after_a_reconcile(
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(REPO / "examples"))
 
     def both_healthy_and_routed() -> Samples | None:
-        samples = scrape(operator.metrics_url or "")
-        routing = sample(samples, "mailshard_routing_table_version", namespace=namespace, cluster="demo")
         shards = client.CustomObjectsApi(api_client).list_namespaced_custom_object(
             "mailshard.io", "v1alpha1", namespace, "mailshards"
         )["items"]
         healthy = [s for s in shards if (s.get("status") or {}).get("phase") == "Healthy"]
-        return samples if len(healthy) == 2 and routing else None
+        # Scraped after the statuses were read: the gauges are set once a reconcile has written its status.
+        samples = scrape(operator.metrics_url or "")
+        routing = sample(samples, "mailshard_routing_table_version", namespace=namespace, cluster="demo")
+        counted = sample(samples, "mailshard_shards", phase="Healthy") or 0
+        return samples if len(healthy) == 2 and routing and counted >= 2 else None
 
     samples = eventually(both_healthy_and_routed, what="both example shards Healthy and a routing table published")
     # Shards by phase counts every shard the operator knows, across namespaces: ours are two of the Healthy.
