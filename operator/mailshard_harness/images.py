@@ -43,6 +43,8 @@ from pathlib import Path
 from mailshard.agent import cyruspreload, daemonlog
 subprocess.run(['/usr/lib/cyrus/bin/master', '-V'], check=True)
 assert all(os.access(f'/usr/lib/cyrus/bin/{name}', os.X_OK) for name in ('pop3d', 'timsieved'))
+# The agent builds the sasldb (users, replication admin) with it: without it nobody can log in or replicate.
+assert os.access('/usr/sbin/saslpasswd2', os.X_OK)
 # A process run the way the agent runs Cyrus: its syslog(3) line arrives on the agent's socket, and its
 # rand() is no longer a function of srand()'s seed alone.
 receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

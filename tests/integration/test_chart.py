@@ -16,10 +16,8 @@ only they can reconcile, and restarted afterwards.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +29,7 @@ from kubernetes import client
 from operator_support import OPERATOR_USER, REPO, AuditLog, OperatorProcess, eventually, kubectl
 
 from mailshard import rbac
-from mailshard_harness import build, versions
+from mailshard_harness.helm import helm
 from mailshard_harness.identity import OPERATOR_ACCOUNT, service_account_kubeconfig
 
 pytestmark = pytest.mark.integration
@@ -44,23 +42,6 @@ CHART_USER = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
 OUR_CRDS = ("mailshards.mailshard.io", "mailclusters.mailshard.io")
 PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
 GROUP, VERSION = "mailshard.io", "v1alpha1"
-
-
-def helm(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    with tempfile.TemporaryDirectory() as home:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "HELM_CACHE_HOME": home,
-            "HELM_CONFIG_HOME": home,
-            "HELM_DATA_HOME": home,
-        }
-        result = subprocess.run(
-            [str(build.bin_path(versions.HELM_BINARY)), *args], capture_output=True, text=True, env=env, check=False
-        )
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def uninstall(kubeconfig: Path) -> subprocess.CompletedProcess[str]:

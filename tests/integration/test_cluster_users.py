@@ -22,11 +22,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
 
 GROUP, VERSION = "mailshard.io", "v1alpha1"
 SHARDS = ("cyrus-1", "dovecot-1")
+SOURCE = "test-users"
+"""Not the examples' own `demo-users`, which `kubectl apply -f examples/` would overwrite."""
 
 
 def users_secret(users: list[str]) -> dict[str, Any]:
     text = "".join(f"{user}:{{PLAIN}}pw-{n}::::::\n" for n, user in enumerate(users))
-    return {"metadata": {"name": "demo-users"}, "data": {"passwd": base64.b64encode(text.encode()).decode()}}
+    return {"metadata": {"name": SOURCE}, "data": {"passwd": base64.b64encode(text.encode()).decode()}}
 
 
 def shard_users(core: client.CoreV1Api, namespace: str, shard: str) -> list[str] | None:
@@ -70,7 +72,7 @@ def test_each_shard_gets_the_users_routed_to_it_and_follows_changes(
     core.create_namespaced_secret(namespace, users_secret(users))
     kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(REPO / "examples"))
     client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "mailclusters", "demo", {"spec": {"users": {"secretNames": ["demo-users"]}}}
+        GROUP, VERSION, namespace, "mailclusters", "demo", {"spec": {"users": {"secretNames": [SOURCE]}}}
     )
     split = eventually(
         lambda: split_as_routed(api_client, namespace, users), timeout=90, what="each shard's users as routed"
@@ -87,16 +89,16 @@ def test_each_shard_gets_the_users_routed_to_it_and_follows_changes(
     patched = users_secret(users)
     extra = base64.b64decode(patched["data"]["passwd"]) + b"this line has no colon\n"
     patched["data"]["passwd"] = base64.b64encode(extra).decode()
-    core.replace_namespaced_secret("demo-users", namespace, patched)
+    core.replace_namespaced_secret(SOURCE, namespace, patched)
     eventually(lambda: split_as_routed(api_client, namespace, users), timeout=30, what="the newcomer routed")
     warnings = eventually(
         lambda: [e.message for e in core.list_namespaced_event(namespace).items if e.reason == "UsersSkipped"] or None,
         what="a UsersSkipped Warning",
     )
-    assert "demo-users line 42" in warnings[0]
+    assert f"{SOURCE} line 42" in warnings[0]
 
     # The source disappearing stalls the cluster for a human; the shards keep the users they have.
-    core.delete_namespaced_secret("demo-users", namespace)
+    core.delete_namespaced_secret(SOURCE, namespace)
 
     def stalled() -> dict[str, Any] | None:
         conditions = cluster(api_client, namespace).get("status", {}).get("conditions", [])
@@ -105,6 +107,6 @@ def test_each_shard_gets_the_users_routed_to_it_and_follows_changes(
 
     found = eventually(stalled, what="Stalled for the missing users Secret")
     assert found["reason"] == "UsersSecretMissing"
-    assert "demo-users does not exist" in found["message"]
+    assert f"{SOURCE} does not exist" in found["message"]
     kept = [shard_users(core, namespace, shard) or [] for shard in SHARDS]
     assert sorted(kept[0] + kept[1]) == users

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from unit_support import EXAMPLES, cluster_body, load_documents, parse_resource, shard_body
+from unit_support import EXAMPLES, cluster_body, load_documents, load_resources, parse_resource, shard_body
 
 from mailshard.api import Backend, Compression, MailCluster, MailShard, ReplicationMode, ShardDefaults
 from mailshard.api.v1alpha1 import MailShardStatus, ReclaimPolicy, ShardPhase
@@ -276,17 +276,31 @@ def test_the_expected_examples_exist() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda path: path.name)
 def test_every_example_parses_into_the_models(path: Any) -> None:
-    documents = load_documents(path)
+    documents = load_resources(path)
     assert documents
     for document in documents:
         parse_resource(document)
+
+
+def test_the_example_cluster_names_the_users_secret_its_file_holds() -> None:
+    documents = load_documents(EXAMPLES / "mailcluster.yaml")
+    cluster = next(parse_resource(d) for d in documents if d["kind"] == "MailCluster")
+    assert isinstance(cluster, MailCluster)
+    secrets = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Secret"}
+    assert cluster.spec.users is not None
+    for name in cluster.spec.users.secret_names:
+        lines = secrets[name]["stringData"][cluster.spec.users.key].splitlines()
+        assert lines
+        assert all(line.count(":") >= 7 and "@" in line.split(":")[0] for line in lines), lines
 
 
 @pytest.mark.parametrize(
     ("file_name", "backend"), [("mailshard-dovecot.yaml", Backend.DOVECOT), ("mailshard-cyrus.yaml", Backend.CYRUS)]
 )
 def test_example_shards_join_the_demo_cluster_on_local_storage(file_name: str, backend: Backend) -> None:
-    cluster = parse_resource(load_documents(EXAMPLES / "mailcluster.yaml")[0])
+    cluster = next(
+        parse_resource(d) for d in load_documents(EXAMPLES / "mailcluster.yaml") if d["kind"] == "MailCluster"
+    )
     shard = parse_resource(load_documents(EXAMPLES / file_name)[0])
     assert isinstance(cluster, MailCluster)
     assert isinstance(shard, MailShard)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from unit_support import EXAMPLES, GOLDEN, UID, dump_documents, load_documents, parse_resource
+from unit_support import EXAMPLES, GOLDEN, UID, dump_documents, load_resources, parse_resource
 
 from mailshard.api import MailCluster, MailShard, MailShardStatus
 from mailshard.api.routing import TABLE_KEY, RoutingTable, ShardState, parse_table, render_table, table_digest
@@ -307,7 +307,7 @@ def test_a_live_table_with_another_slot_count_is_refused() -> None:
 
 
 def example_plan() -> tuple[MailCluster, RoutingTable]:
-    resources = [parse_resource(d, "demo-ns") for path in sorted(EXAMPLES.glob("*.yaml")) for d in load_documents(path)]
+    resources = [parse_resource(d, "demo-ns") for path in sorted(EXAMPLES.glob("*.yaml")) for d in load_resources(path)]
     cluster = next(r for r in resources if isinstance(r, MailCluster))
     shards = [r for r in resources if isinstance(r, MailShard)]
     shard_facts = [

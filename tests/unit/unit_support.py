@@ -47,6 +47,11 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
     return [document for document in yaml.safe_load_all(path.read_text()) if document]
 
 
+def load_resources(path: Path) -> list[dict[str, Any]]:
+    """Our own resources among a file's documents (an example also carries the users Secret it names)."""
+    return [d for d in load_documents(path) if str(d.get("apiVersion", "")).startswith("mailshard.io/")]
+
+
 def parse_resource(document: dict[str, Any], namespace: str = "mail") -> MailShard | MailCluster:
     """Parse an example or golden input, filling in what the API server would add."""
     body = {**document, "metadata": {"namespace": namespace, "uid": UID, "generation": 1, **document["metadata"]}}
