@@ -12,6 +12,7 @@ from mailshard.api import Condition, ConditionStatus, MailShardStatus, MemberRol
 from mailshard.api.v1alpha1 import FailoverCause, FailoverProgressStatus, FailoverRecord
 from mailshard.builders import MemberObservation, Problem, ShardObservation, compute_shard_status, failed_status
 from mailshard.builders.conditions import set_condition
+from mailshard.builders.status import lag_to_show
 
 pytestmark = pytest.mark.unit
 
@@ -444,3 +445,37 @@ def test_lag_jitter_after_the_catch_up_flips_no_condition() -> None:
         assert again.phase is ShardPhase.HEALTHY
         for kind in (READY, DEGRADED, RECONCILING, STALLED, FAILING_OVER):
             assert condition(again, kind) == condition(settled, kind)
+
+
+@pytest.mark.parametrize(
+    ("shown", "measured", "expected"),
+    [
+        (None, None, None),
+        (None, 0.4, 0.0),
+        (None, 0.6, 1.0),
+        (0.0, 0.6, 0.0),
+        (0.0, 0.99, 0.0),
+        (0.0, 1.0, 1.0),
+        (1.0, 0.3, 1.0),
+        (1.0, 0.0, 0.0),
+        (1.0, 2.4, 2.0),
+        (3.0, None, None),
+        (0.0, 45.2, 45.0),
+    ],
+)
+def test_the_lag_shown_moves_only_a_whole_step_away(
+    shown: float | None, measured: float | None, expected: float | None
+) -> None:
+    assert lag_to_show(shown, measured) == expected
+
+
+def test_lag_hovering_across_a_rounding_boundary_changes_nothing_shown() -> None:
+    """Steady load: the measured lag flips around 0.5 s; the status would be written at every flip otherwise."""
+    measurements = (0.4, 0.6, 0.45, 0.7, 0.3, 0.55, 0.9, 0.2, 0.6)
+    shown: float | None = None
+    values = []
+    for measured in measurements:
+        shown = lag_to_show(shown, measured)
+        values.append(shown)
+    assert set(values) == {0.0}
+    assert all(abs(v - m) < 1.0 for v, m in zip(values, measurements, strict=True) if v is not None)

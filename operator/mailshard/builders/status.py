@@ -269,6 +269,25 @@ def compute_shard_status(
     )
 
 
+LAG_STEP_SECONDS: Final = 1.0
+"""How far the measured lag must move from the lag shown before the status shows the new one."""
+
+
+def lag_to_show(shown: float | None, measured: float | None) -> float | None:
+    """The replication lag for the status: whole seconds, and unchanged while the measurement stays near it.
+
+    Under steady load the agent's lag hovers across a rounding boundary (0.4 s,
+    0.6 s, 0.4 s...); following it would be a status write every second or two
+    per shard, telling nobody anything. The lag shown moves only once the
+    measurement is a whole step away from it, so it is never off by a step or more.
+    """
+    if measured is None:
+        return None
+    if shown is not None and abs(measured - shown) < LAG_STEP_SECONDS:
+        return shown
+    return float(round(measured))
+
+
 def failed_status(
     previous: MailShardStatus | None, *, generation: int, problem: Problem, now: datetime
 ) -> MailShardStatus:

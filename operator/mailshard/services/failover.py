@@ -45,7 +45,7 @@ from mailshard.api.v1alpha1 import (
 )
 from mailshard.builders import Problem
 from mailshard.builders.names import pod_name
-from mailshard.builders.status import was_established
+from mailshard.builders.status import lag_to_show, was_established
 from mailshard.failover import (
     FORCE_PROMOTE_ANNOTATION,
     SWITCHOVER_ANNOTATION,
@@ -146,6 +146,8 @@ class _MemberMemory:
     lag: LagSample | None = None
     last_in_sync: datetime | None = None
     last_error: str | None = None
+    shown_lag: float | None = None
+    """The lag last published for the status (`lag_to_show`)."""
 
 
 @dataclass
@@ -413,9 +415,9 @@ class FailoverMonitor:
             if answer is None or state.failed_polls:
                 continue
             role = answer.report.role
-            # Whole seconds, the lag's own resolution: finer changes are not worth a status write.
-            lag = float(round(state.lag.seconds)) if state.lag is not None and role is MemberRole.REPLICA else None
-            views[member] = MemberView(role=role, lag_seconds=lag, last_sync_time=_second(answer.last_sync))
+            measured = state.lag.seconds if state.lag is not None and role is MemberRole.REPLICA else None
+            state.shown_lag = lag_to_show(state.shown_lag, measured)
+            views[member] = MemberView(role=role, lag_seconds=state.shown_lag, last_sync_time=_second(answer.last_sync))
         return self.views.publish(key, views, memory.alarm)
 
 
