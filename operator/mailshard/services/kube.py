@@ -57,6 +57,7 @@ KINDS: Final[Mapping[str, Kind]] = {
     "Service": Kind("v1", "services"),
     "Pod": Kind("v1", "pods"),
     "PersistentVolumeClaim": Kind("v1", "persistentvolumeclaims"),
+    "PersistentVolume": Kind("v1", "persistentvolumes", namespaced=False),
     "Event": Kind("v1", "events"),
     "Node": Kind("v1", "nodes", namespaced=False),
     "StatefulSet": Kind("apps/v1", "statefulsets"),
@@ -194,11 +195,14 @@ class KubeApi:
             raise
         return result
 
-    def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
+    def delete(
+        self, kind: str, name: str, namespace: str | None = None, *, grace_period_seconds: int | None = None
+    ) -> bool:
         """Delete; False when it was already gone."""
         self._count("delete", kind)
+        query = [("gracePeriodSeconds", str(grace_period_seconds))] if grace_period_seconds is not None else []
         try:
-            self._call("DELETE", KINDS[kind].path(namespace, name))
+            self._call("DELETE", KINDS[kind].path(namespace, name), query=query)
         except ApiException as exc:
             if exc.status == 404:
                 return False

@@ -55,6 +55,7 @@ from mailshard.services.events import EventRecorder, EventType
 from mailshard.services.kube import KubeApi, Manifest, pod_ready
 from mailshard.services.measured import measured
 from mailshard.services.member_views import MemberViews, ShardSettings
+from mailshard.services.volumes import VolumeRecovery
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class ShardReconciler:
         self.metrics = metrics or OperatorMetrics()
         self.images = images or BackendImages.for_version(__version__)
         self._runs: Coalescer[MailShardStatus | None] = Coalescer()
+        self.volumes = VolumeRecovery(api, events, self.views)
 
     # ------------------------------------------------------------ triggers
 
@@ -128,6 +130,7 @@ class ShardReconciler:
             created, reverted = self._ensure_children(shard, master, superseded)
             self._ensure_volume_sizes(shard)
             self._ensure_pod_roles(shard, routed)
+            self.volumes.recover(body, shard, previous, {p["metadata"]["name"]: p for p in self._pods(shard)})
             observation = self._observe(shard, master, previous, fenced=_fence_request(body))
             status = compute_shard_status(observation, previous=previous, now=now)
         except UnactionableSpecError as failure:

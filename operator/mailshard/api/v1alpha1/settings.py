@@ -36,6 +36,7 @@ DEFAULT_MAILBOXES: Final = 2000
 DEFAULT_STORAGE_SIZE: Final = "10Gi"
 DEFAULT_MAX_LAG_SECONDS: Final = 30
 DEFAULT_FAILOVER_DELAY_SECONDS: Final = 1
+DEFAULT_LOST_VOLUME_GRACE_SECONDS: Final = 300
 
 RESERVED_PORTS: Final = (LMTP_PORT, POP3_PORT, IMAP_PORT, MANAGESIEVE_PORT, AGENT_PORT)
 """Ports the pod already uses, which the replication listener must not take."""
@@ -129,6 +130,12 @@ _FAILOVER_ENABLED = (
     "Whether the operator promotes the replica on its own when the master fails. When false it "
     "only reports the failure."
 )
+_LOST_VOLUME_GRACE = (
+    "Seconds the node holding a member's local volume may stay NotReady before that member, if it is not "
+    "the master, is given a new volume on another node and re-seeded from the master. A member whose claim "
+    "was deleted, or whose volume's Node object was deleted, is replaced at once. A master is never "
+    "replaced: the failover promotes its replica first. Nothing is replaced while failover.enabled is false."
+)
 _FAILOVER_DELAY = (
     "Seconds the master must stay down, after the operator has declared it down from its agent's "
     "heartbeats (2 missed polls and 2 s of silence), before the replica is promoted. The default of 1 "
@@ -184,6 +191,9 @@ class FailoverSettings(SpecModel):
 
     enabled: bool = Field(default=True, description=_FAILOVER_ENABLED)
     delay_seconds: int = Field(default=DEFAULT_FAILOVER_DELAY_SECONDS, ge=0, le=3600, description=_FAILOVER_DELAY)
+    lost_volume_grace_seconds: int = Field(
+        default=DEFAULT_LOST_VOLUME_GRACE_SECONDS, ge=0, le=86400, description=_LOST_VOLUME_GRACE
+    )
 
 
 _OBJECT_DEFAULT: Final[JsonSchema] = {"default": {}}
@@ -262,6 +272,12 @@ class FailoverOverrides(SpecModel):
     enabled: bool | None = Field(default=None, description=_inherited(_FAILOVER_ENABLED, "true"))
     delay_seconds: int | None = Field(
         default=None, ge=0, le=3600, description=_inherited(_FAILOVER_DELAY, DEFAULT_FAILOVER_DELAY_SECONDS)
+    )
+    lost_volume_grace_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description=_inherited(_LOST_VOLUME_GRACE, DEFAULT_LOST_VOLUME_GRACE_SECONDS),
     )
 
 
