@@ -12,7 +12,7 @@ PYTEST_MARKERS ?= unit or integration or mail
 
 help:
 	@echo "make test          install what is needed, run checks and every tier this machine can run"
-	@echo "make demo          start a local control plane and apply the examples (see README)"
+	@echo "make demo          the operator, the example shards and mail through the proxy on a local cluster (see README)"
 	@echo "make cluster-up    start a local control plane (prints its KUBECONFIG)"
 	@echo "make cluster-down  stop it"
 	@echo "make test-unit | test-integration | test-mail   one tier"
@@ -102,7 +102,10 @@ cluster-down: venv
 cluster-status: venv
 	$(BIN)/python -m mailshard_harness status
 
+# As root and without KUBECONFIG the demo runs real pods on this machine's node, so it first installs the node's
+# packages, builds our images and the kubelet (cached after the first run). Elsewhere it needs only the control plane.
 demo: venv build-k8s
+	@if [ -z "$$KUBECONFIG" ] && [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory node-deps images build-node; fi
 	$(BIN)/python -m mailshard_harness demo
 
 clean:

@@ -55,6 +55,9 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     running = NodeHarness.running()
     if running is not None:
         _report(pytestconfig, f"using the running node (make e2e-up): {running.kubeconfig}")
+        imported = running.import_images()
+        if imported is not None:
+            _report(pytestconfig, f"imported the images built since it started ({imported:.1f} s)")
         yield Cluster(kubeconfig=running.kubeconfig, node_subnet=running.network.subnet)
         return
     try:

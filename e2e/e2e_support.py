@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from kubernetes.stream import stream
 
+from mailshard_harness.client_pod import pod_exec as run_in_pod
 from mailshard_harness.testing import eventually
 
 IMAGE = "mailshard/dovecot:0.1.0"
 """Our Dovecot image; it also carries Debian's python3 and libc's getent, which the checks use."""
 
 
-__all__ = ["Cluster", "eventually"]
+__all__ = ["Cluster", "eventually", "run_in_pod"]
 
 
 @dataclass(frozen=True)
@@ -37,33 +37,6 @@ def pod_ready(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod
     return pod if any(c.type == "Ready" and c.status == "True" for c in conditions) else None
 
 
-def run_in_pod(
-    core: client.CoreV1Api, namespace: str, pod: str, command: list[str], *, container: str | None = None
-) -> tuple[int, str]:
-    """Exit code and combined output of `command` in a running pod."""
-    kwargs: dict[str, Any] = {"container": container} if container else {}
-    ws = stream(
-        core.connect_get_namespaced_pod_exec,
-        pod,
-        namespace,
-        command=command,
-        stdout=True,
-        stderr=True,
-        stdin=False,
-        tty=False,
-        _preload_content=False,
-        **kwargs,
-    )
-    output = []
-    while ws.is_open():
-        ws.update(timeout=1)
-        output.append(ws.read_stdout())
-        output.append(ws.read_stderr())
-    ws.close()
-    code = ws.returncode
-    return (code if code is not None else -1), "".join(output)
-
-
 def pod(name: str, command: list[str], *, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -71,6 +44,8 @@ def pod(name: str, command: list[str], *, labels: dict[str, str] | None = None) 
         "metadata": {"name": name, "labels": labels or {"app": name}},
         "spec": {
             "terminationGracePeriodSeconds": 1,
+            # Root inside the pod: these workloads test the node (network, DNS, volumes), not our images' users.
+            "securityContext": {"runAsUser": 0, "runAsGroup": 0},
             "containers": [{"name": "main", "image": IMAGE, "imagePullPolicy": "Never", "command": command}],
         },
     }
@@ -128,6 +103,8 @@ def mail_statefulset(name: str, *, replicas: int = 2, storage: str = "64Mi") -> 
                     "metadata": {"labels": labels},
                     "spec": {
                         "terminationGracePeriodSeconds": 1,
+                        # A plain Dovecot started as root, as its Debian package expects; our image's user is 10001.
+                        "securityContext": {"runAsUser": 0, "runAsGroup": 0},
                         "containers": [
                             {
                                 "name": "dovecot",

@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("node-down", help="stop the real node and check it left nothing behind")
     commands.add_parser("node-status", help="show the real node's processes, timings and kubeconfig")
+    commands.add_parser("node-images", help="import the images `make images` built last into the running node")
     provisioner = commands.add_parser("provisioner", help="(internal) run the local-volume provisioner")
     provisioner.add_argument("--kubeconfig", required=True)
     provisioner.add_argument("--volumes-dir", default=None, help="create and remove each PV's directory here")
@@ -95,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         from mailshard_harness.demo import run_demo
 
         return run_demo()
-    elif args.command in ("node-up", "node-down", "node-status"):
+    elif args.command in ("node-up", "node-down", "node-status", "node-images"):
         return _node_command(args)
     elif args.command == "provisioner":
         from mailshard_harness.storage import main as provisioner_main
@@ -132,6 +133,13 @@ def _node_command(args: argparse.Namespace) -> int:
                 print(f"  {line}", file=sys.stderr)
             return 1
         print("left nothing behind: processes, mounts, iptables chains, bridge, cgroups and sysctls as before")
+    elif args.command == "node-images":
+        running = NodeHarness.running()
+        if running is None:
+            print("no node running (start one with `make e2e-up`)")
+            return 1
+        took = running.import_images()
+        print("every image was already current" if took is None else f"imported in {took:.1f} s")
     else:
         running = NodeHarness.running()
         if running is None:

@@ -367,8 +367,7 @@ class NodeHarness:
         )
 
         containerd = self._start_containerd(cri=True, owned=owned)
-        ctr = Ctr(self.runtime.socket, self.logs / "ctr.log")
-        imported = node_runtime.import_images(ctr, self.runtime, self.logs / "images.log")
+        imported = self.import_images()
         if imported is not None:
             timings["image_import_s"] = round(imported, 1)
         timings["runtime_ready_s"] = round(time.monotonic() - started, 1)
@@ -419,6 +418,15 @@ class NodeHarness:
         _say(f"CoreDNS ready after {timings['dns_ready_s']} s; export KUBECONFIG={self.kubeconfig}")
 
     # ----------------------------------------------------------- components
+
+    def import_images(self) -> float | None:
+        """Import into the node's containerd each image podman holds a newer build of; seconds spent, or None.
+
+        A running node keeps the images it imported at start; after `make images` this brings the new
+        builds in (pods started before keep the old ones until they are recreated).
+        """
+        ctr = Ctr(self.runtime.socket, self.logs / "ctr.log")
+        return node_runtime.import_images(ctr, self.runtime, self.logs / "images.log")
 
     def _save(self) -> None:
         self.state.save(self.run_dir / STATE_FILE)
