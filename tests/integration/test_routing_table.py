@@ -1,13 +1,21 @@
 """The operator, running for real, publishes each cluster's routing table and keeps it true within a second.
 
-Timing target: a change of a shard's master, fencing state or existence, or of
-the overrides, shows up as a new table version within 1 s on an idle
-control plane. The tests assert a generous 5 s so a loaded CI machine does
-not flake, and print the measured figure.
+Timing target (issue 5): a change of a shard's status (a new master, fenced or
+unfenced) shows up as a new table version within 1 s.
+`test_thirty_shard_status_changes_each_reach_the_table` makes 30 such changes
+and times each one from its API write to the new version arriving at a watch
+on the ConfigMap. It asserts the target on the median and, because this runs
+on a 2-core machine shared with the rest of the suite (the operator, the
+control plane and other tests' daemons), holds each single change only to
+`GENEROUS_BOUND` (3 s); it prints p50, p99, max and how many took over 1 s.
+The median is also what tells the watch-driven path from the operator's 3 s
+resync timer here, which alone would give a median near 1.5 s. The other tests
+wait for a new version at most `GENEROUS_BOUND` too.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,14 +25,17 @@ import pytest
 import yaml
 from kubernetes import client
 from operator_support import OPERATOR_USER, REPO, AuditLog, OperatorProcess, eventually, kubectl
+from routing_support import TableWatch, describe
 
+from mailshard.api.constants import ANNOTATION_FENCED
 from mailshard.api.routing import TABLE_KEY, RoutingTable, ShardState, parse_table, render_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
 
 GROUP, VERSION = "mailshard.io", "v1alpha1"
 TABLE = "demo-routing"
-PROPAGATION_BOUND = 5.0
+GENEROUS_BOUND = 3.0
+"""Seconds any one change may take on this shared machine (see the module docstring); the target is 1 s."""
 
 
 def table(api_client: client.ApiClient, namespace: str) -> RoutingTable | None:
@@ -79,7 +90,7 @@ def wait_for_version(
             return None
         return current
 
-    deadline = started + PROPAGATION_BOUND
+    deadline = started + GENEROUS_BOUND
     while time.monotonic() < deadline:
         found = newer()
         if found is not None:
@@ -87,7 +98,7 @@ def wait_for_version(
             print(f"\nrouting propagation ({what}): {elapsed * 1000:.0f} ms")
             return found, elapsed
         time.sleep(0.01)
-    raise AssertionError(f"no routing table newer than version {after} with {what} within {PROPAGATION_BOUND} s")
+    raise AssertionError(f"no routing table newer than version {after} with {what} within {GENEROUS_BOUND} s")
 
 
 def routing_writes(audit: AuditLog, namespace: str, since: int) -> list[str]:
@@ -137,7 +148,7 @@ def test_the_table_is_published_complete_and_follows_a_failover_within_a_second(
     after, elapsed = wait_for_version(
         api_client, namespace, before.version, "a new master", lambda t: t.shards["dovecot-1"].master == "dovecot-1-b"
     )
-    assert elapsed <= PROPAGATION_BOUND
+    assert elapsed <= GENEROUS_BOUND
     assert after.version == before.version + 1
     assert after.slots == before.slots
     assert after.shards["cyrus-1"] == before.shards["cyrus-1"]
@@ -149,6 +160,59 @@ def test_the_table_is_published_complete_and_follows_a_failover_within_a_second(
     assert routing_writes(audit, namespace, mark) == [f"patch configmaps/{TABLE}"]
     assert table(api_client, namespace) == after
     assert cluster(api_client, namespace)["status"]["routingVersion"] == after.version
+
+
+def test_thirty_shard_status_changes_each_reach_the_table(
+    api_client: client.ApiClient, kubeconfig: Path, namespace: str
+) -> None:
+    """20 master changes (status.master, as a failover writes it) and 5 fences and unfences, each timed."""
+    apply_examples(kubeconfig, namespace)
+    complete_table(api_client, namespace)
+    shards = client.CustomObjectsApi(api_client)
+    watch = TableWatch(kubeconfig, namespace, TABLE)
+    delays: list[float] = []
+
+    def timed(change: Any, check: Any, what: str) -> None:
+        started = time.monotonic()
+        change()
+        _table, arrived = watch.wait_for(check, since=started, timeout=GENEROUS_BOUND, what=what)
+        delays.append(arrived - started)
+        time.sleep(0.5)  # the shard reconciler relabels the pods and rewrites the status, as after a real failover
+
+    try:
+        for flip in range(20):
+            master = "dovecot-1-b" if flip % 2 == 0 else "dovecot-1-a"
+            timed(
+                lambda master=master: shards.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, "mailshards", "dovecot-1", {"status": {"master": master}}
+                ),
+                lambda t, master=master: (
+                    t.shards["dovecot-1"].master == master and t.shards["dovecot-1"].state is ShardState.SERVING
+                ),
+                f"dovecot-1 served by {master}",
+            )
+        for _ in range(5):
+            for fenced, state in (("true", ShardState.FENCED), (None, ShardState.SERVING)):
+                # What `kubectl mailshard fence` and `unfence` write.
+                timed(
+                    lambda fenced=fenced: shards.patch_namespaced_custom_object(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        "mailshards",
+                        "cyrus-1",
+                        {"metadata": {"annotations": {ANNOTATION_FENCED: fenced}}},
+                    ),
+                    lambda t, state=state: t.shards["cyrus-1"].state is state,
+                    f"cyrus-1 {state.value}",
+                )
+    finally:
+        watch.stop()
+    over = sum(1 for delay in delays if delay > 1.0)
+    print(f"\nshard status change -> new routing table version: {describe(delays)}; {over} over 1 s")
+    assert len(delays) == 30
+    assert statistics.median(delays) < 1.0, describe(delays)
+    assert max(delays) < GENEROUS_BOUND, describe(delays)
 
 
 def test_a_deleted_shard_keeps_its_slots_and_degrades_the_cluster(
@@ -167,7 +231,7 @@ def test_a_deleted_shard_keeps_its_slots_and_degrades_the_cluster(
         "a missing shard",
         lambda t: t.shards["cyrus-1"].state is ShardState.MISSING,
     )
-    assert elapsed <= PROPAGATION_BOUND
+    assert elapsed <= GENEROUS_BOUND
     assert after.slots == before.slots, "a deleted shard's slots must not move by themselves"
     degraded = eventually(
         lambda: (c := cluster_condition(api_client, namespace, "Degraded")) and c["status"] == "True" and c,
@@ -204,7 +268,7 @@ def test_overrides_follow_their_config_map_and_bad_ones_are_kept_out(
         "demo-overrides", namespace, {"data": {"overrides.yaml": "alice@example.com: dovecot-1\n"}}
     )
     second, elapsed = wait_for_version(api_client, namespace, first.version, "a changed override")
-    assert elapsed <= PROPAGATION_BOUND
+    assert elapsed <= GENEROUS_BOUND
     assert second.overrides == {"alice@example.com": "dovecot-1"}
 
     core.patch_namespaced_config_map("demo-overrides", namespace, {"data": {"overrides.yaml": "alice: [oops\n"}})

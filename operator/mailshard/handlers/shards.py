@@ -11,6 +11,7 @@ import kopf
 from mailshard.api.constants import GROUP, LABEL_MANAGED_BY, LABEL_SHARD, MANAGED_BY
 from mailshard.api.v1alpha1 import VERSION
 from mailshard.handlers.support import namespaced
+from mailshard.services.shard import fence_request_pending
 
 RESYNC_SECONDS = float(os.environ.get("MAILSHARD_RESYNC_SECONDS", "120"))
 """The safety net under the event triggers: every shard is re-checked this often even if nothing fired."""
@@ -21,6 +22,17 @@ RESYNC_SECONDS = float(os.environ.get("MAILSHARD_RESYNC_SECONDS", "120"))
 @kopf.on.update(GROUP, VERSION, "mailshards")
 def mailshard_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     memo.platform.shards.reconcile(namespaced(namespace), name)
+
+
+def _fence_request_pending(body: kopf.Body, **_: Any) -> bool:
+    return fence_request_pending(dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, "mailshards", when=_fence_request_pending)
+def fence_requested(type: str, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    # `kubectl mailshard fence`/`unfence` fire no update handler (see fence_request_pending).
+    if type:
+        memo.platform.shards.reconcile(namespaced(namespace), name)
 
 
 @kopf.timer(GROUP, VERSION, "mailshards", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)

@@ -394,16 +394,39 @@ class ShardReconciler:
             )
 
 
+FENCED_BY_REQUEST: Final = "FencedByRequest"
+"""The reason of the Stalled condition while a human's fence annotation holds the shard."""
+
+
 def _fence_request(body: Manifest) -> Problem | None:
     """A human fenced the shard (`kubectl mailshard fence`): serve nobody until they unfence it."""
     value = (body["metadata"].get("annotations") or {}).get(ANNOTATION_FENCED)
     if value != "true":
         return None
     return Problem(
-        reason="FencedByRequest",
+        reason=FENCED_BY_REQUEST,
         message=f"fenced by the {ANNOTATION_FENCED} annotation: users get temporary errors until "
         "`kubectl mailshard unfence` removes it",
     )
+
+
+def fence_request_pending(body: Manifest) -> bool:
+    """Whether the fence annotation asks for a fence or an unfence that the stored status does not show yet.
+
+    kopf leaves every annotation under its storage prefix, which is our API group, out of the object's
+    essence, so `kubectl mailshard fence` and `unfence` fire no update handler: an event handler with this
+    filter reconciles them at once instead of at the next resync.
+    """
+    requested = _fence_request(body) is not None
+    conditions = (body.get("status") or {}).get("conditions") or []
+    shown = any(
+        c.get("type") == ShardConditionType.STALLED
+        and c.get("status") == "True"
+        and c.get("reason") == FENCED_BY_REQUEST
+        for c in conditions
+        if isinstance(c, dict)
+    )
+    return requested != shown
 
 
 def _member_of(pod: Manifest, shard: ResolvedShard) -> str | None:
