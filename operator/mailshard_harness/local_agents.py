@@ -106,11 +106,18 @@ class LocalMember:
 
     def kill(self) -> None:
         """SIGKILL the agent and its mail daemon at once: a crash, with no chance to clean up."""
+        self.send_kill()
+        self.reap()
+
+    def send_kill(self) -> None:
+        """SIGKILL the agent's and the daemon's process groups, without waiting for them to go."""
         daemon = self.daemon_pid()
         for group in (self.proc.pid if self.proc is not None else None, daemon):
             if group is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(group, signal.SIGKILL)
+
+    def reap(self) -> None:
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(10)
@@ -338,3 +345,12 @@ def wait_for_ips(
 
 def remove(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_together(*members: LocalMember) -> None:
+    """Crash several members in the same instant: every SIGKILL is sent before any is waited for (waiting for
+    the first to exit could take seconds on a loaded machine, long enough to look like two separate failures)."""
+    for member in members:
+        member.send_kill()
+    for member in members:
+        member.reap()

@@ -186,8 +186,7 @@ def test_the_operator_killed_mid_failover_resumes_it(
 def test_both_members_down_is_reported_and_never_promotes(
     api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair
 ) -> None:
-    pair.members[A].kill()
-    pair.members[B].kill()
+    local_agents.kill_together(pair.members[A], pair.members[B])
     for member in (A, B):  # what the kubelet does once the agents' readiness probes fail
         set_pod_ready(api_client, namespace, f"{member}-0", ready=False)
     stalled = eventually(
@@ -222,8 +221,7 @@ def test_both_agents_silent_while_kubernetes_says_ready_is_uncertain_and_never_p
     api_client: client.ApiClient, namespace: str, pair: local_agents.LocalPair
 ) -> None:
     """From the operator's side this may be a partition, not a crash: it waits, then asks a human."""
-    pair.members[A].kill()
-    pair.members[B].kill()
+    local_agents.kill_together(pair.members[A], pair.members[B])
     stalled = eventually(
         lambda: (c := condition(api_client, namespace, "Stalled")).get("status") == "True" and c,
         timeout=45,

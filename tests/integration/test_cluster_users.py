@@ -81,6 +81,13 @@ def test_each_shard_gets_the_users_routed_to_it_and_follows_changes(
     assert eventually(lambda: cluster(api_client, namespace).get("status", {}).get("users") == 40 or None)
     secret = core.read_namespaced_secret("dovecot-1-users", namespace)
     assert [(o.kind, o.name) for o in secret.metadata.owner_references] == [("MailShard", "dovecot-1")]
+    # The members were created only once their users Secret existed, so their pods mounted it with every user
+    # from the first second (one written later would reach them only at the kubelet's next sync).
+    apps = client.AppsV1Api(api_client)
+    for shard in SHARDS:
+        users_at = core.read_namespaced_secret(f"{shard}-users", namespace).metadata.creation_timestamp
+        for member in (f"{shard}-a", f"{shard}-b"):
+            assert apps.read_namespaced_stateful_set(member, namespace).metadata.creation_timestamp >= users_at
     events = core.list_namespaced_event(namespace).items
     assert any(e.reason == "UsersDistributed" for e in events)
 

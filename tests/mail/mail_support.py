@@ -317,6 +317,29 @@ async def post_uidnext(member: Member, body: Any, *, token: str | None = TOKEN) 
         return response.status, await response.json(content_type=None)
 
 
+OLD_UIDVALIDITY = 1_700_000_123
+"""A UIDVALIDITY the old master gave a mailbox, well below the time-based ones both daemons give a new mailbox now:
+were a new mailbox replicated before its UIDVALIDITY is set, replication would keep the higher, fresh one."""
+
+
+def creation_request(inbox_of: str, archive_of: str, known: str, known_validity: int) -> dict[str, Any]:
+    """A ``POST /uidnext`` body asking a master to create an INBOX (next UID 10,002) and an Archive folder (next
+    UID 40) it lacks, and an INBOX it has (``known``'s) under another UIDVALIDITY than its own."""
+    return {
+        "floors": {},
+        "create": {
+            f"{inbox_of}/INBOX": {"uidvalidity": OLD_UIDVALIDITY, "uidnext": 10_002},
+            f"{archive_of}/Archive": {"uidvalidity": OLD_UIDVALIDITY + 7, "uidnext": 40},
+            f"{known}/INBOX": {"uidvalidity": known_validity + 1, "uidnext": 90},
+        },
+    }
+
+
+def not_kept(answer: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """(mailbox, its UIDVALIDITY, why) of each mailbox a ``POST /uidnext`` answer says lacks the one asked for."""
+    return [(row["mailbox"], row["actual"], row["why"]) for row in answer["uidvalidityNotKept"]]
+
+
 REPLICATED_FIELDS = ("user", "mailbox", "uidvalidity", "uidnext", "messages", "unseen")
 
 

@@ -115,12 +115,14 @@ def store_flags(port: int, user: str, password: str, changes: Sequence[tuple[str
         client.logout()
 
 
-def append(port: int, user: str, password: str, message: bytes) -> tuple[str, list[bytes | None]]:
-    """IMAP APPEND to INBOX; returns the server's answer instead of raising on NO."""
+def append(
+    port: int, user: str, password: str, message: bytes, *, mailbox: str = "INBOX"
+) -> tuple[str, list[bytes | None]]:
+    """IMAP APPEND (to INBOX unless told); returns the server's answer instead of raising on NO."""
     client = imap_login(port, user, password)
     try:
         try:
-            typ, data = client.append("INBOX", None, None, message)
+            typ, data = client.append(mailbox, None, None, message)
         except imaplib.IMAP4.error as exc:
             return "NO", [str(exc).encode()]
         return typ, list(data)

@@ -8,6 +8,11 @@ floor as its UID, UIDVALIDITY and the messages are unchanged, floors already
 passed and unknown mailboxes change nothing, a repeated call changes nothing
 more. And the replica ends up with the same UIDNEXT, so a later failover back
 cannot reuse those UIDs either.
+
+Mailboxes the master lacks are created under the UIDVALIDITY asked for
+(``CyrusTools.create_mailbox``: a tombstone one below it, then an ordinary
+CREATE), with their next UID at the floor, and replicated as they are; one
+that exists keeps its UIDVALIDITY whatever is asked.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from typing import Any
 
 import mailtools
 import pytest
-from mail_support import Member, Pair, PairFactory, converged, post_uidnext
+from mail_support import (
+    OLD_UIDVALIDITY,
+    Member,
+    Pair,
+    PairFactory,
+    converged,
+    creation_request,
+    not_kept,
+    post_uidnext,
+)
 
 pytestmark = pytest.mark.mail
 
@@ -90,4 +104,55 @@ async def test_a_cyrus_master_raises_uidnext_to_each_floor_and_new_mail_starts_t
     # The replica holds the same: a failover back would not reuse those UIDs either.
     await converged(a, pair.b)
     assert summary(await pair.b.status())[(first, "INBOX")] == (before[(first, "INBOX")][0], 50_001, 4)
+    assert (await a.status())["errors"] == []
+
+
+async def test_a_cyrus_master_creates_the_mailboxes_it_lacks_under_the_uidvalidity_asked_for(
+    make_cyrus_pair: PairFactory,
+) -> None:
+    pair = make_cyrus_pair(users=2)
+    await pair.start()
+    a, b = pair.a, pair.b
+    await a.wait_status(lambda s: s["readyAsMaster"], what="ready as master")
+    known, newcomer = pair.users
+    await converged(a, b)
+    validity = summary(await a.status())[(known, "INBOX")][0]
+    ghost = "ghost.user@example.test"  # not in the users file: no INBOX was provisioned for it
+    old = OLD_UIDVALIDITY
+    body = creation_request(ghost, newcomer, known, validity)
+
+    code, answer = await post_uidnext(a, body)
+
+    assert code == 200, answer
+    assert answer["created"] == [f"{ghost}/INBOX", f"{newcomer}/Archive"]
+    assert not_kept(answer) == [(f"{known}/INBOX", validity, "it exists here under another UIDVALIDITY")]
+    after = summary(await a.status())
+    assert after[(ghost, "INBOX")] == (old, 10_002, 0)
+    assert after[(newcomer, "Archive")] == (old + 7, 40, 0)
+    assert after[(known, "INBOX")] == (validity, 1, 0), "an existing mailbox is never changed"
+
+    typ, data = await asyncio.to_thread(
+        mailtools.append,
+        a.ports["imap"],
+        newcomer,
+        pair.passwords[newcomer],
+        mailtools.make_message(newcomer, 1),
+        mailbox="Archive",
+    )
+    assert typ == "OK"
+    appended = re.search(rb"APPENDUID (\d+) (\d+)", b" ".join(d for d in data if d))
+    assert appended is not None
+    assert (int(appended.group(1)), int(appended.group(2))) == (old + 7, 40), "under the old UIDVALIDITY, at the floor"
+
+    await a.wait_status(lambda s: summary(s)[(newcomer, "Archive")] == (old + 7, 41, 1), what="the new message")
+    await converged(a, b)
+    on_replica = summary(await b.status())
+    assert on_replica[(ghost, "INBOX")] == (old, 10_002, 0)
+    assert on_replica[(newcomer, "Archive")] == (old + 7, 41, 1)
+
+    before = summary(await a.status())
+    code, again = await post_uidnext(a, body)
+    assert code == 200, again
+    assert (again["created"], again["present"]) == ([], [f"{ghost}/INBOX", f"{newcomer}/Archive"])
+    assert summary(await a.status()) == before, "asked again, nothing changes"
     assert (await a.status())["errors"] == []

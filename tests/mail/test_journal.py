@@ -34,9 +34,10 @@ from mail_support import Member, Pair, PairFactory, Proxy, converged
 from mailshard.api.routing import RoutingTable, ShardRoute, ShardState, render_table
 from mailshard.failover.observations import MailboxUidNext
 from mailshard.failover.policy import UID_GAP
-from mailshard.failover.uidnext import uidnext_floors
+from mailshard.failover.uidnext import uidnext_plan
 from mailshard.proxy.render import Endpoint
 from mailshard.proxy.sidecar import apply_table
+from mailshard.services.agents import uidnext_body
 from mailshard_harness import mailflow
 from mailshard_harness.mailflow import Sent, Stream
 
@@ -85,21 +86,25 @@ class Outcome:
     journal_at_kill: int
     replayed: int
     present: int
+    created: list[str]
+    """The mailboxes only the old master had, created on the new master under their UIDVALIDITY."""
 
 
 async def fail_over(old_report: dict[str, Any], new: Member) -> Outcome:
-    """The operator's steps on the new master, with its own UIDNEXT floor rule: promote, raise UIDNEXT, replay."""
+    """The operator's steps on the new master, with its own rules: promote, raise UIDNEXT (creating what only the
+    old master had, under its UIDVALIDITY), replay."""
     journal_at_kill = (await new.status())["journal"]["entries"]
     promoted = await new.action("promote?force=true")
     assert promoted["status"]["mode"] == "master"
-    floors = uidnext_floors(uidnexts(promoted["status"]), uidnexts(old_report), gap=UID_GAP)
-    _, raised = await new.request("POST", "/uidnext", body={"floors": floors})
-    assert raised["raised"] == len(floors)
+    plan = uidnext_plan(uidnexts(promoted["status"]), uidnexts(old_report), gap=UID_GAP)
+    _, raised = await new.request("POST", "/uidnext", body=uidnext_body(plan))
+    assert raised["raised"] == len(plan.floors)
+    assert (sorted(raised["created"]), raised["uidvalidityNotKept"]) == (sorted(plan.create), [])
     _, replay = await new.request("POST", "/replay")
     assert replay["entries"] == journal_at_kill
     assert replay["replayed"] + replay["present"] == journal_at_kill
     assert replay["kept"] == 0
-    return Outcome(journal_at_kill, replay["replayed"], replay["present"])
+    return Outcome(journal_at_kill, replay["replayed"], replay["present"], raised["created"])
 
 
 async def rejoin(old: Member, new: Member) -> None:

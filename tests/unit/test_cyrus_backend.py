@@ -12,6 +12,7 @@ from mailshard.agent.cyruspreload import daemon_environment
 from mailshard.agent.cyrustools import (
     _split_name,
     imap_date,
+    internal_name,
     mailbox_name,
     parse_journal_header,
     parse_list,
@@ -21,6 +22,8 @@ from mailshard.agent.daemonlog import parse_line
 from mailshard.backends import MemberRuntimeConfig, ProcessIdentity, ServingMode
 from mailshard.backends.cyrus import CYRUS_CONF, IMAPD_CONF, CyrusSettings, delivery_user, render_cyrus, sasl_users
 from mailshard.backends.dovecot import InstancePaths
+
+pytestmark = pytest.mark.unit
 
 PATHS = InstancePaths(
     conf_dir=Path("/d/conf"), base_dir=Path("/d/run"), state_dir=Path("/d/state"), mail_dir=Path("/d/mail")
@@ -174,6 +177,20 @@ def test_a_recipient_delivers_to_its_lowercased_user_without_detail(address: str
 def test_mailbox_names_round_trip_through_mbexamine_names(user: str, mailbox: str, name: str) -> None:
     assert mailbox_name(user, mailbox) == name
     assert _split_name(name) == (user, mailbox)
+
+
+@pytest.mark.parametrize(
+    ("user", "mailbox", "name"),
+    [
+        ("alice@x.test", "INBOX", "x.test!user.alice"),
+        ("alice@x.test", "Sent", "x.test!user.alice.Sent"),
+        ("alice@x.test", "Archive/2024", "x.test!user.alice.Archive.2024"),
+        ("john.doe@x.test", "v1.2", "x.test!user.john^doe.v1^2"),
+        ("bob", "INBOX", "user.bob"),
+    ],
+)
+def test_a_mailboxes_internal_name_is_the_one_mailboxes_db_keys_it_by(user: str, mailbox: str, name: str) -> None:
+    assert internal_name(user, mailbox) == name
 
 
 def test_an_imap_list_answer_gives_the_selectable_mailboxes_quoted_as_sent() -> None:

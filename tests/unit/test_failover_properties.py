@@ -365,7 +365,7 @@ def test_node_readiness_never_changes_what_is_decided(
         record = d.record
         if record.failover is not None:
             record = replace(record, failover=replace(record.failover, reason=""))
-        return (d.action, d.diagnosis, d.member, d.step, d.route_to, record, d.recheck_after, d.uidnext_floors)
+        return (d.action, d.diagnosis, d.member, d.step, d.route_to, record, d.recheck_after, d.uidnext_plan)
 
     assert essence(flipped) == essence(facts)
 

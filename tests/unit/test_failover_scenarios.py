@@ -26,10 +26,11 @@ from mailshard.failover import (
     MailboxUidNext,
     PodState,
     RecordedState,
+    UidNextPlan,
     decide,
     messages_at_risk,
     next_step,
-    uidnext_floors,
+    uidnext_plan,
 )
 from mailshard.failover.policy import RECOMMENDED_DELAY_SECONDS
 from mailshard.failover.steps import step_index
@@ -73,7 +74,7 @@ def test_a_dead_master_is_replaced_once_the_delay_has_passed_with_every_step_onc
         (FailoverStep.RECORD, None, B),
     ]
     raise_step = next(d for _, d in log if d.step is FailoverStep.RAISE_UIDNEXT)
-    assert raise_step.uidnext_floors == {"alice/INBOX": 120 + POLICY.uid_gap}
+    assert raise_step.uidnext_plan == UidNextPlan(floors={"alice/INBOX": 120 + POLICY.uid_gap})
     assert pair.record.master == B
     assert pair.record.failover is None
     assert pair.record.failing_since is None
@@ -269,8 +270,10 @@ def test_a_restarted_operator_resumes_the_failover_at_the_step_after_the_last_re
         expected.route_to,
     )
     if decision.step is FailoverStep.RAISE_UIDNEXT:
-        assert expected.uidnext_floors == {"bob/INBOX": 50 + POLICY.uid_gap}
-        assert decision.uidnext_floors == {"bob/INBOX": 48 + POLICY.uid_gap}  # best known after the restart
+        assert expected.uidnext_plan is not None
+        assert decision.uidnext_plan is not None
+        assert expected.uidnext_plan.floors == {"bob/INBOX": 50 + POLICY.uid_gap}
+        assert decision.uidnext_plan.floors == {"bob/INBOX": 48 + POLICY.uid_gap}  # best known after the restart
 
 
 def switchover_steps(pair: Pair) -> list[tuple[FailoverStep | None, str | None]]:
@@ -417,8 +420,8 @@ def test_a_switchover_drains_the_master_then_swaps_the_roles() -> None:
     assert last is not None
     assert (last.reason, last.duration_seconds) == ("switchover to inbox-1-b requested", 1.0)
     assert (pair.a.role, pair.a.fenced, pair.b.role) == (REPLICA, False, MASTER)
-    floors = next(d.uidnext_floors for _, d in pair.log if d.step is FailoverStep.RAISE_UIDNEXT)
-    assert floors == {"c/INBOX": 30 + POLICY.uid_gap}
+    plan = next(d.uidnext_plan for _, d in pair.log if d.step is FailoverStep.RAISE_UIDNEXT)
+    assert plan == UidNextPlan(floors={"c/INBOX": 30 + POLICY.uid_gap})
 
 
 def test_a_switchover_whose_target_never_catches_up_is_abandoned_and_the_master_kept() -> None:
@@ -476,8 +479,8 @@ def test_messages_at_risk_counts_what_the_old_master_had_that_the_target_lacks()
 def test_uidnext_floors_clear_every_uid_either_side_may_have_assigned() -> None:
     target = (MailboxUidNext("a/INBOX", 1, 8), MailboxUidNext("a/Sent", 3, 1), MailboxUidNext("a/Junk", 1, 2))
     old = (MailboxUidNext("a/INBOX", 1, 10), MailboxUidNext("a/Sent", 2, 50))
-    assert uidnext_floors(target, old, gap=100) == {"a/INBOX": 110, "a/Sent": 101, "a/Junk": 102}
-    assert uidnext_floors(target, None, gap=100) == {"a/INBOX": 108, "a/Sent": 101, "a/Junk": 102}
+    assert uidnext_plan(target, old, gap=100).floors == {"a/INBOX": 110, "a/Sent": 101, "a/Junk": 102}
+    assert uidnext_plan(target, None, gap=100).floors == {"a/INBOX": 108, "a/Sent": 101, "a/Junk": 102}
 
 
 def test_the_policy_takes_the_shards_resolved_settings_and_the_default_detection_timing() -> None:

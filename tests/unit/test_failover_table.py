@@ -494,7 +494,7 @@ def test_failover_in_progress(row: InProgressRow) -> None:
     else:
         assert decision.record.failover == replace(progress, completed=step, completed_at=T0)
         assert decision.route_to == _routing_after(step)
-    assert (decision.uidnext_floors is not None) == (step is FailoverStep.RAISE_UIDNEXT)
+    assert (decision.uidnext_plan is not None) == (step is FailoverStep.RAISE_UIDNEXT)
 
 
 # --- 4. switchover requests ------------------------------------------------------------------------------

@@ -15,8 +15,12 @@ import asyncio
 import contextlib
 import datetime
 import imaplib
+import json
 import os
 import re
+import secrets
+import string
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +144,14 @@ class CyrusTools:
         self.timeout = timeout
 
     async def _run(self, argv: list[str], stdin: bytes | None = None) -> str:
+        code, out, err = await self._exec(argv, stdin)
+        if code != 0:
+            message = err.strip().splitlines()
+            raise CyrusToolError(f"{Path(argv[0]).name} exited {code}: {message[-1] if message else 'no output'}")
+        return out
+
+    async def _exec(self, argv: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
+        """Run one tool; its exit code, standard output and standard error (only a timeout or no binary raises)."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -158,10 +170,8 @@ class CyrusTools:
             proc.kill()
             await proc.wait()
             raise CyrusToolError(f"{name} timed out after {self.timeout:.0f}s") from None
-        if proc.returncode != 0:
-            message = err.decode(errors="replace").strip().splitlines()
-            raise CyrusToolError(f"{name} exited {proc.returncode}: {message[-1] if message else 'no output'}")
-        return out.decode(errors="replace")
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def mailbox_status(self) -> tuple[MailboxState, ...]:
         """Every personal mailbox of every user."""
@@ -202,6 +212,49 @@ class CyrusTools:
                 placeholder.unlink()
         await self._run(reconstruct)
 
+    async def create_mailbox(self, admin: AdminLogin, user: str, mailbox: str, uidvalidity: int, uidnext: int) -> None:
+        """Create a user's mailbox under a given UIDVALIDITY, its next UID at least ``uidnext``.
+
+        What a failover needs for a mailbox the old master had and the replica never got: created afresh it
+        would get a new UIDVALIDITY, and every client that had seen it would download it again. Cyrus 3.6 has
+        no command that sets a mailbox's UIDVALIDITY, but a mailbox created under a name that has a tombstone
+        in mailboxes.db (what deleting a mailbox leaves behind, so that the next one of that name is told
+        apart) gets the tombstone's UIDVALIDITY plus one. So a tombstone with ``uidvalidity - 1`` is written
+        (``ctl_mboxlist -u``), the admin creates the mailbox over IMAP (as ``create_inboxes`` does) and
+        ``raise_uidnext`` sets its next UID. Measured on 3.6.1: the mailbox gets exactly that UIDVALIDITY and
+        replication gives the replica the same. Never over an existing mailbox: the name must be unknown to
+        ``mbpath`` (a tombstone is unknown to it too) just before the tombstone is written.
+        """
+        name = mailbox_name(user, mailbox)
+        argv = [str(self.install.libexec / "mbpath"), "-C", str(self.imapd_conf), name]
+        code, _, err = await self._exec(argv)
+        if code == 0:
+            raise CyrusToolError(f"{name} exists already")
+        if "Invalid mailbox name" not in err:
+            raise CyrusToolError(f"cannot tell whether {name} exists: mbpath exited {code}: {err.strip()}")
+        tombstone = {
+            "name": internal_name(user, mailbox),
+            "mtime": str(int(time.time())),
+            "uidvalidity": str(uidvalidity - 1),
+            "createdmodseq": "1",
+            "foldermodseq": "1",
+            "mbtype": "ed",  # an email mailbox, deleted
+            "partition": "default",
+            "acl": {},
+            "uniqueid": "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(24)),
+            "name_history": [],
+        }
+        undump = [str(self.install.libexec / "ctl_mboxlist"), "-C", str(self.imapd_conf), "-u"]
+        await self._run(undump, stdin=json.dumps({tombstone["name"]: tombstone}).encode())
+        try:
+            created = await asyncio.to_thread(_create_mailboxes, admin, [name])
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise CyrusToolError(f"cannot create {name} over IMAP {admin.host}:{admin.port}: {exc}") from exc
+        if not created:
+            raise CyrusToolError(f"{name} exists already")
+        if uidnext > 1:
+            await self.raise_uidnext(user, mailbox, uidnext)
+
     async def push_all_users(self, *, within: float) -> None:
         """One ``sync_client -A``: every user, whole, to the replica (a master's side of a Cyrus re-seed)."""
         argv = [str(self.install.libexec / "sync_client"), "-C", str(self.imapd_conf), "-A"]
@@ -236,17 +289,44 @@ def mailbox_name(user: str, mailbox: str) -> str:
     return f"user/{local}{folder}{at}{domain}"
 
 
-def _create_inboxes(host: str, port: int, admin: str, password: str, users: list[str]) -> int:
-    created = 0
-    client = imaplib.IMAP4(host, port, timeout=IMAP_TIMEOUT)
+@dataclass(frozen=True)
+class AdminLogin:
+    """Where the member's IMAP listens, and the admin (the replication login) who may act as any user."""
+
+    host: str
+    port: int
+    name: str
+    password: str
+
+
+def internal_name(user: str, mailbox: str) -> str:
+    """Cyrus's own name of a user's mailbox, as mailboxes.db keys it: ``example.test!user.alice.Sent``.
+
+    ``virtdomains: userid`` puts the domain in front; with ``unixhierarchysep: yes`` clients see ``/`` as the
+    separator, while inside it is ``.`` and a ``.`` within a name is ``^``.
+    """
+    local, _, domain = user.partition("@")
+    parts = ["user", local, *([] if mailbox == "INBOX" else mailbox.split("/"))]
+    name = ".".join(part.replace(".", "^") for part in parts)
+    return f"{domain}!{name}" if domain else name
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _create_mailboxes(admin: AdminLogin, names: list[str]) -> list[str]:
+    """Create each mailbox (admin names) in turn in one admin session; the names created, not those that exist."""
+    created = []
+    client = imaplib.IMAP4(admin.host, admin.port, timeout=IMAP_TIMEOUT)
     try:
-        client.login(admin, password)
-        for user in users:
-            typ, data = client.create(personal_mailbox(user))
+        client.login(admin.name, admin.password)
+        for name in names:
+            typ, data = client.create(_quoted(name))
             if typ == "OK":
-                created += 1
+                created.append(name)
             elif not any(isinstance(d, bytes) and b"already exists" in d.lower() for d in data):
-                raise CyrusToolError(f"cannot create the INBOX of {user}: {data!r}")
+                raise CyrusToolError(f"cannot create {name}: {data!r}")
     finally:
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
             client.logout()
@@ -261,7 +341,8 @@ async def create_inboxes(host: str, port: int, admin: str, password: str, users:
     with it the same directory on disk, so those users see each other's mail. One session creates them in turn.
     """
     try:
-        return await asyncio.to_thread(_create_inboxes, host, port, admin, password, users)
+        login = AdminLogin(host, port, admin, password)
+        return len(await asyncio.to_thread(_create_mailboxes, login, [personal_mailbox(user) for user in users]))
     except (OSError, imaplib.IMAP4.error) as exc:
         raise CyrusToolError(f"cannot create INBOXes over IMAP {host}:{port}: {exc}") from exc
 
@@ -300,16 +381,6 @@ def parse_journal_header(fetched: Iterable[bytes | tuple[bytes, bytes] | None]) 
         if isinstance(item, tuple):
             found.update(value.decode() for value in pattern.findall(item[1]))
     return found
-
-
-@dataclass(frozen=True)
-class AdminLogin:
-    """Where the member's IMAP listens, and the admin (the replication login) who may act as any user."""
-
-    host: str
-    port: int
-    name: str
-    password: str
 
 
 def _journal_ids(admin: AdminLogin, user: str, since: datetime.date) -> set[str]:

@@ -89,6 +89,21 @@ class Doveadm:
         for mailbox, floor in sorted(floors.items()):
             await self.run("mailbox", "update", "-u", user, "--min-next-uid", str(floor), mailbox, json_output=False)
 
+    async def create_mailbox(self, user: str, mailbox: str, uidvalidity: int, uidnext: int) -> None:
+        """Create a user's mailbox under a given UIDVALIDITY, its next UID at least ``uidnext``.
+
+        What a failover needs for a mailbox the old master had and the replica never got: created afresh it
+        would get a new UIDVALIDITY, and every client that had seen it would download it again.
+        ``mailbox create`` cannot set either, so ``mailbox update`` follows at once. Both run without the
+        replication plugin (``-o mail_plugins=``): otherwise the replicator may push the new mailbox to the
+        peer between the two under its fresh UIDVALIDITY, and dsync then keeps the higher of two
+        UIDVALIDITYs, the fresh one (measured on 2.3.19). The caller has the user replicated afterwards.
+        """
+        unreplicated = ("-o", "mail_plugins=")
+        await self.run(*unreplicated, "mailbox", "create", "-u", user, mailbox, json_output=False)
+        limits = ("--uid-validity", str(uidvalidity), "--min-next-uid", str(uidnext))
+        await self.run(*unreplicated, "mailbox", "update", "-u", user, *limits, mailbox, json_output=False)
+
     async def journal_ids(self, user: str, saved_within_seconds: int) -> set[str]:
         """The journal ids (``X-Mailshard-Journal``) of the user's messages saved in the last N seconds."""
         field = "hdr." + JOURNAL_HEADER.lower()

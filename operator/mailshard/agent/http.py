@@ -10,8 +10,10 @@ bearer token and call the ``Agent``.
 - ``POST /promote`` (``?force=true`` to promote while the peer claims master),
   ``/demote``, ``/fence``, ``/unfence``: bearer token; 200 with the new
   status, 409 when the change is refused, 401 without a valid token.
-- ``POST /uidnext`` with ``{"floors": {"user/mailbox": n}}``: bearer token;
-  a master raises each mailbox's UIDNEXT to at least ``n`` (a failover step).
+- ``POST /uidnext`` with ``{"floors": {"user/mailbox": n}}`` and optionally
+  ``"create": {"user/mailbox": {"uidvalidity": v, "uidnext": n}}``: bearer
+  token; a master raises each mailbox's UIDNEXT to at least ``n``, and creates
+  each missing mailbox of ``create`` under UIDVALIDITY ``v`` (a failover step).
 - ``POST /journal``: bearer token; the master's LMTP front stores one delivery
   in the replica's journal (the message as body, its entry as JSON in the
   ``X-Mailshard-Journal-Entry`` header); 409 unless this member is a replica.
@@ -27,13 +29,14 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from mailshard.agent.decide import Action
 from mailshard.agent.journal import MAX_MESSAGE_BYTES
 from mailshard.agent.metrics import CONTENT_TYPE
-from mailshard.agent.service import Agent
+from mailshard.agent.service import Agent, NewMailbox
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,14 +90,44 @@ def _action_handler(action: Action) -> Handler:
     return handler
 
 
+UIDNEXT_BODY = (
+    '{"floors": {"user/mailbox": uidnext, ...}, "create": {"user/mailbox": {"uidvalidity": v, "uidnext": n}, ...}}'
+)
+UID_MAX = 2**32 - 1
+"""UIDs and UIDVALIDITY are unsigned 32-bit numbers in IMAP."""
+
+
+def _uid32(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= UID_MAX:
+        raise ValueError(f"expected a number from 1 to {UID_MAX}, got {value!r}")
+    return value
+
+
+def parse_uidnext_request(body: Any) -> tuple[dict[str, int], dict[str, NewMailbox]]:
+    """The floors and the mailboxes to create of a ``POST /uidnext`` body; ValueError or a lookup error if malformed.
+
+    ``create`` came later than ``floors`` and is optional, so an older operator's body still reads.
+    """
+    floors = {str(key): int(value) for key, value in body["floors"].items()}
+    create = {}
+    for key, value in (body.get("create") or {}).items():
+        user, _, mailbox = str(key).partition("/")
+        if not user or not mailbox:
+            raise ValueError(f"a mailbox to create is named user/mailbox, got {key!r}")
+        create[str(key)] = NewMailbox(uidvalidity=_uid32(value["uidvalidity"]), uidnext=_uid32(value["uidnext"]))
+    return floors, create
+
+
 @_require_token
 async def raise_uidnext(request: web.Request) -> web.StreamResponse:
     try:
-        body = await request.json()
-        floors = {str(key): int(value) for key, value in body["floors"].items()}
+        floors, create = parse_uidnext_request(await request.json())
     except (ValueError, KeyError, TypeError, AttributeError):
-        return web.json_response({"error": 'expected {"floors": {"user/mailbox": uidnext, ...}}'}, status=400)
-    code, answer = await request.app[AGENT_KEY].raise_uidnext(floors)
+        expected = (
+            '{"floors": {"user/mailbox": uidnext, ...}, "create": {"user/mailbox": {"uidvalidity": v, "uidnext": n}}}'
+        )
+        return web.json_response({"error": f"expected {expected}"}, status=400)
+    code, answer = await request.app[AGENT_KEY].raise_uidnext(floors, create)
     return web.json_response(answer, status=code)
 
 

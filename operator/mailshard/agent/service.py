@@ -121,6 +121,19 @@ REPLAY_MARGIN_SECONDS = 3600
 
 
 @dataclass(frozen=True)
+class NewMailbox:
+    """A mailbox a new master is asked to create (`POST /uidnext`), as the old master had it."""
+
+    uidvalidity: int
+    uidnext: int
+    """Its next UID must be at least this."""
+
+
+def _not_kept(key: str, new: NewMailbox, actual: int, why: str) -> dict[str, Any]:
+    return {"mailbox": key, "uidvalidity": new.uidvalidity, "actual": actual, "why": why}
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     config_path: Path
     role_file: Path
@@ -482,46 +495,112 @@ class Agent:
                 await self._observe()
             return 200, {"result": decision.reason, "changed": decision.changes, "status": self.status()}
 
-    async def raise_uidnext(self, floors: dict[str, int]) -> tuple[int, dict[str, Any]]:
-        """Raise UIDNEXT of each `user/mailbox` to at least its floor (a failover's RaiseUidNext step).
+    async def raise_uidnext(
+        self, floors: Mapping[str, int], create: Mapping[str, NewMailbox] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Raise each `user/mailbox`'s UIDNEXT to its floor and create the mailboxes asked for (the RaiseUidNext step).
 
-        Only a master does it: it is the member that hands out new UIDs. Mailboxes
-        that do not exist here are skipped (they have no UIDs to reuse); floors below
-        the current UIDNEXT change nothing, so the call is idempotent.
+        Only a master does it: it is the member that hands out new UIDs. Floors of
+        mailboxes that do not exist here are skipped (they have no UIDs to reuse);
+        floors below the current UIDNEXT change nothing. A mailbox to create (one
+        the old master had and this member never got) that does not exist is
+        created under the UIDVALIDITY asked for, its next UID at least the one
+        asked for; one that exists under that UIDVALIDITY is only raised; one
+        that exists under another is left alone, its messages being what clients
+        hold now. The answer names every mailbox to create that does not have the
+        UIDVALIDITY asked for in the end (`uidvalidityNotKept`): its clients will
+        download it again, and the operator tells a human. Idempotent.
         """
+        wanted = dict(create or {})
         async with self._lock:
             if self.member.mode is not ServingMode.MASTER or not self.supervisor.up:
                 return 409, {"error": f"only a running master raises UIDNEXT (this member is {self.mode.value})"}
             await self._observe()  # the mailboxes as they are now, not as of the last poll
-            current = {f"{state.user}/{state.mailbox}": state.uidnext for state in self.mailboxes}
-            per_user: dict[str, dict[str, int]] = {}
-            for key, floor in floors.items():
-                user, _, mailbox = key.partition("/")
-                if key in current and mailbox:
-                    per_user.setdefault(user, {})[mailbox] = floor
-            limit = asyncio.Semaphore(4)
-
-            async def one(user: str, mailboxes: dict[str, int]) -> str | None:
-                async with limit:
-                    try:
-                        if self.backend is Backend.CYRUS:
-                            for mailbox, floor in mailboxes.items():
-                                if floor > current[f"{user}/{mailbox}"]:
-                                    await self.cyrus.raise_uidnext(user, mailbox, floor)
-                        else:
-                            await self.doveadm.raise_uidnext(user, mailboxes)
-                    except (DoveadmError, CyrusToolError) as exc:
-                        return f"{user}: {exc}"
-                return None
-
-            failures = [f for f in await asyncio.gather(*(one(u, m) for u, m in per_user.items())) if f]
+            current = {f"{state.user}/{state.mailbox}": state for state in self.mailboxes}
+            raise_to = {key: floor for key, floor in floors.items() if key in current and key.partition("/")[2]}
+            applied = len(raise_to)
+            missing: dict[str, NewMailbox] = {}
+            present: list[str] = []
+            not_kept: list[dict[str, Any]] = []
+            for key, new in sorted(wanted.items()):
+                state = current.get(key)
+                if state is None:
+                    missing[key] = new
+                elif state.uidvalidity == new.uidvalidity:
+                    present.append(key)
+                    raise_to[key] = max(raise_to.get(key, 0), new.uidnext)
+                else:
+                    not_kept.append(_not_kept(key, new, state.uidvalidity, "it exists here under another UIDVALIDITY"))
+            failures = await self._apply_uidnext(raise_to, missing, current)
             await self._observe()
-            raised = sum(len(m) for m in per_user.values())
+            after = {f"{state.user}/{state.mailbox}": state for state in self.mailboxes}
+            created = []
+            for key, new in missing.items():
+                state = after.get(key)
+                if state is not None and state.uidvalidity == new.uidvalidity:
+                    created.append(key)
+                elif state is not None:
+                    not_kept.append(_not_kept(key, new, state.uidvalidity, "created here under a new UIDVALIDITY"))
+            answer: dict[str, Any] = {
+                "raised": applied,
+                "skipped": len(floors) - applied,
+                "created": created,
+                "present": present,
+                "uidvalidityNotKept": not_kept,
+            }
+            if not_kept:
+                log.warning("UIDVALIDITY not kept: %s", "; ".join(f"{n['mailbox']} ({n['why']})" for n in not_kept))
             if failures:
                 log.error("raising UIDNEXT failed for %d user(s): %s", len(failures), "; ".join(failures[:3]))
-                return 500, {"error": "; ".join(failures[:5]), "raised": raised - len(failures)}
-            log.info("raised UIDNEXT on %d mailbox(es) of %d user(s)", raised, len(per_user))
-            return 200, {"raised": raised, "skipped": len(floors) - raised, "status": self.status()}
+                return 500, {"error": "; ".join(failures[:5]), **answer}
+            log.info("raised UIDNEXT on %d mailbox(es), created %d", len(raise_to), len(created))
+            return 200, {**answer, "status": self.status()}
+
+    async def _apply_uidnext(
+        self, raise_to: Mapping[str, int], missing: Mapping[str, NewMailbox], current: Mapping[str, MailboxState]
+    ) -> list[str]:
+        """Create the missing mailboxes and raise the floors, user by user, four users at a time; the failures."""
+        per_user: dict[str, tuple[dict[str, int], dict[str, NewMailbox]]] = {}
+        for key, floor in raise_to.items():
+            user, _, mailbox = key.partition("/")
+            per_user.setdefault(user, ({}, {}))[0][mailbox] = floor
+        for key, new in missing.items():
+            user, _, mailbox = key.partition("/")
+            per_user.setdefault(user, ({}, {}))[1][mailbox] = new
+        limit = asyncio.Semaphore(4)
+
+        async def one(user: str, floors_of: dict[str, int], new_of: dict[str, NewMailbox]) -> str | None:
+            async with limit:
+                try:
+                    # INBOX first: creating any other mailbox of a user who has none creates the INBOX too,
+                    # under a new UIDVALIDITY (seen on Dovecot 2.3.19).
+                    for mailbox in sorted(new_of, key=lambda name: (name != "INBOX", name)):
+                        await self._create_mailbox(user, mailbox, new_of[mailbox])
+                    if self.backend is Backend.CYRUS:
+                        for mailbox, floor in floors_of.items():
+                            if floor > current[f"{user}/{mailbox}"].uidnext:
+                                await self.cyrus.raise_uidnext(user, mailbox, floor)
+                    elif floors_of:
+                        await self.doveadm.raise_uidnext(user, floors_of)
+                except (DoveadmError, CyrusToolError) as exc:
+                    return f"{user}: {exc}"
+            if new_of and self.backend is Backend.DOVECOT:
+                with contextlib.suppress(DoveadmError):  # the replicator's next full sync carries it anyway
+                    await self.doveadm.replicate(user)
+            return None
+
+        results = await asyncio.gather(*(one(user, *work) for user, work in per_user.items()))
+        return [failure for failure in results if failure]
+
+    async def _create_mailbox(self, user: str, mailbox: str, new: NewMailbox) -> None:
+        if self.backend is Backend.DOVECOT:
+            await self.doveadm.create_mailbox(user, mailbox, new.uidvalidity, new.uidnext)
+            return
+        port = self._cyrus_port()
+        if port is None or self.doveadm_password is None:
+            raise CyrusToolError("no IMAP port or admin password to create mailboxes with")
+        admin = AdminLogin(port[0], port[1], SYNC_ADMIN, self.doveadm_password)
+        await self.cyrus.create_mailbox(admin, user, mailbox, new.uidvalidity, new.uidnext)
 
     # -- the delivery journal (see journal.py and front.py) -------------------------------------------------------
 
@@ -865,14 +944,23 @@ class Agent:
             await asyncio.sleep(0.05)
 
     async def _provision(self) -> None:
-        """Cyrus master: create the INBOX of every user in the users file that lacks one, before it is needed."""
+        """Cyrus master: create the INBOX of every user in the users file that lacks one, before it is needed.
+
+        Except an INBOX the peer was last seen holding: after a failover the peer is
+        the old master, and the operator's RaiseUidNext step creates it here under
+        the UIDVALIDITY it had there (created now, it would get a new one, and its
+        clients would download it again). Should that step never come, ``lmtpd``
+        creates it at its first delivery, as for a user added between two provisionings.
+        """
         if self.provisioned or self.backend is not Backend.CYRUS or self.member.mode is not ServingMode.MASTER:
             return
         port = self._cyrus_port()
         if port is None or self.config is None or self.doveadm_password is None or not self.supervisor.up:
             return
+        on_peer = {key.user for key in self.peer_mailboxes or {} if key.mailbox == "INBOX"}
         try:
-            users = [user for user, _ in sasl_users(self.config.users_file.read_text(encoding="utf-8"))]
+            listed = [user for user, _ in sasl_users(self.config.users_file.read_text(encoding="utf-8"))]
+            users = [user for user in listed if user not in on_peer]
             created = await create_inboxes(port[0], port[1], SYNC_ADMIN, self.doveadm_password, users)
         except (OSError, ValueError, CyrusToolError) as exc:
             if self.provision_error != str(exc):

@@ -33,7 +33,7 @@ from mailshard.failover.observations import (
 )
 from mailshard.failover.policy import FailoverPolicy
 from mailshard.failover.steps import STEP_ORDER, FailoverStep, next_step
-from mailshard.failover.uidnext import messages_at_risk, uidnext_floors
+from mailshard.failover.uidnext import MailboxToCreate, UidNextPlan, messages_at_risk, uidnext_plan
 
 __all__ = [
     "FORCE_PROMOTE_ANNOTATION",
@@ -52,12 +52,14 @@ __all__ = [
     "Heartbeat",
     "LagSample",
     "Liveness",
+    "MailboxToCreate",
     "MailboxUidNext",
     "MemberFacts",
     "MemberHealth",
     "PodState",
     "RecordedState",
     "ShardFacts",
+    "UidNextPlan",
     "assess_member",
     "decide",
     "diagnose",
@@ -66,5 +68,5 @@ __all__ = [
     "messages_at_risk",
     "next_step",
     "promotion_refusal",
-    "uidnext_floors",
+    "uidnext_plan",
 ]

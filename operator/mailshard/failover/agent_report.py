@@ -126,3 +126,18 @@ def _summary(rows: Any) -> tuple[MailboxUidNext, ...] | None:
         )
         for row in rows
     )
+
+
+def uidvalidity_not_kept(answer: Any) -> tuple[str, ...]:
+    """The mailboxes a `POST /uidnext` answer says lack the UIDVALIDITY asked for, each with the agent's reason.
+
+    An agent that predates mailbox creation sends no such list: nothing is said then.
+    An entry that cannot be read is shown as it came, never dropped.
+    """
+    rows = answer.get("uidvalidityNotKept") if isinstance(answer, Mapping) else None
+    if not isinstance(rows, list):
+        return ()
+    return tuple(
+        f"{row.get('mailbox', '?')} ({row.get('why', 'no reason given')})" if isinstance(row, Mapping) else repr(row)
+        for row in rows
+    )

@@ -63,7 +63,6 @@ Rules that hold over every input (and are property-tested):
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
@@ -74,13 +73,14 @@ from mailshard.failover.liveness import Liveness
 from mailshard.failover.observations import (
     FORCE_PROMOTE_ANNOTATION,
     SWITCHOVER_ANNOTATION,
+    AgentReport,
     FailoverProgress,
     MemberFacts,
     RecordedState,
     ShardFacts,
 )
 from mailshard.failover.steps import FailoverStep, has_completed, next_step
-from mailshard.failover.uidnext import messages_at_risk, uidnext_floors
+from mailshard.failover.uidnext import UidNextPlan, messages_at_risk, uidnext_plan
 
 
 class Action(enum.StrEnum):
@@ -139,8 +139,8 @@ class Decision:
     """The member the action addresses (see `Action`); None when it addresses nobody."""
     step: FailoverStep | None = None
     """The failover step to run, for CONTINUE_FAILOVER."""
-    uidnext_floors: Mapping[str, int] | None = None
-    """For the RAISE_UIDNEXT step: the minimum UIDNEXT per mailbox on the new master."""
+    uidnext_plan: UidNextPlan | None = None
+    """For the RAISE_UIDNEXT step: the UIDNEXT floors, and the mailboxes to create, on the new master."""
 
 
 def decide(facts: ShardFacts) -> Decision:
@@ -499,14 +499,14 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
         why: str,
         *,
         member: str | None = None,
-        floors: Mapping[str, int] | None = None,
+        plan: UidNextPlan | None = None,
         superseded: tuple[str, ...] = recorded.superseded,
     ) -> Decision:
         done = replace(recorded, failover=replace(progress, completed=step, completed_at=now), superseded=superseded)
         if step is FailoverStep.RECORD:
             done = _completed(recorded, progress, now)
         why = f"{kind} to {target}: {why}"
-        return Decision(Action.CONTINUE_FAILOVER, why, diagnosis, done, _route_to(done), 0.0, member, step, floors)
+        return Decision(Action.CONTINUE_FAILOVER, why, diagnosis, done, _route_to(done), 0.0, member, step, plan)
 
     def hold(action: Action, why: str) -> Decision:
         return Decision(action, f"{kind} to {target}: {why}", diagnosis, recorded, _route_to(recorded), _poll(facts))
@@ -574,15 +574,11 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
             return run(step, f"promoting {target}", member=target)
         if step is FailoverStep.REPLAY_JOURNAL:
             return run(step, f"delivering on {target} what {source} acknowledged but never replicated", member=target)
-        old_report = facts.member(source).report
-        floors = uidnext_floors(
-            target_report.mailboxes or (),
-            old_report.mailboxes if old_report is not None else None,
-            gap=policy.uid_gap,
-        )
-        return run(
-            step, f"raising UIDNEXT on {target} above anything {source} may have assigned", member=target, floors=floors
-        )
+        plan = _uidnext_plan(facts, source, target_report)
+        why = f"raising UIDNEXT on {target} above anything {source} may have assigned"
+        if plan.create:
+            why += f", and creating the {len(plan.create)} mailbox(es) only {source} had under their UIDVALIDITY"
+        return run(step, why, member=target, plan=plan)
     if step is FailoverStep.REPOINT_ROUTING:
         return run(step, f"pointing the routing layer at {target}")
     if step is FailoverStep.REJOIN_OLD_MASTER:
@@ -592,6 +588,16 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
             step, f"{source} rejoins as replica", member=source, superseded=_without(recorded.superseded, source)
         )
     return run(FailoverStep.RECORD, f"{target} is master")
+
+
+def _uidnext_plan(facts: ShardFacts, source: str, target_report: AgentReport) -> UidNextPlan:
+    """The RAISE_UIDNEXT step's plan from the target's fresh summary and the last one the old master sent."""
+    old_report = facts.member(source).report
+    return uidnext_plan(
+        target_report.mailboxes or (),
+        old_report.mailboxes if old_report is not None else None,
+        gap=facts.policy.uid_gap,
+    )
 
 
 def _completed(recorded: RecordedState, progress: FailoverProgress, now: datetime) -> RecordedState:
@@ -655,3 +661,8 @@ def _poll(facts: ShardFacts) -> float:
 
 def _seconds(delta: timedelta) -> float:
     return delta.total_seconds()
+
+
+def route_of(record: RecordedState) -> str | None:
+    """Where routing points for a stored record: what `Decision.route_to` was when that record was decided."""
+    return _route_to(record)

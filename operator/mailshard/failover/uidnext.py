@@ -10,11 +10,23 @@ So before the new master is routed to, every mailbox's UIDNEXT is raised
 above anything the old master can have assigned (`policy.UID_GAP` explains
 the margin), and the count of messages known to be at risk goes into the
 failover record.
+
+A mailbox the old master had and the replica never got (a new user's INBOX,
+created by its first delivery moments before the master died) is not simply
+left to be created again by the next delivery or the journal replay: the new
+master would give it a new UIDVALIDITY, and every client that had seen it on
+the old master would have to download it again. So the plan says to create
+it beforehand with the old master's UIDVALIDITY and a UIDNEXT above anything
+the old master can have assigned. A mailbox the new master has under another
+UIDVALIDITY than the old master reported is a different mailbox to IMAP: it is
+never overwritten (its messages are the ones clients hold now), only raised
+like the others and named in `diverged` so that a human hears of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from mailshard.failover.observations import MailboxUidNext
 
@@ -40,19 +52,53 @@ def messages_at_risk(old_master: Iterable[MailboxUidNext], target: Iterable[Mail
     return total
 
 
-def uidnext_floors(
-    target: Iterable[MailboxUidNext], old_master: Iterable[MailboxUidNext] | None, *, gap: int
-) -> dict[str, int]:
-    """The minimum UIDNEXT each mailbox of the new master must have before it is routed to.
+@dataclass(frozen=True)
+class MailboxToCreate:
+    """A mailbox the new master lacks: create it under the old master's UIDVALIDITY, next UID at least `uidnext`."""
 
-    The highest UIDNEXT known on either side, plus `gap` for what the old master
-    may have assigned unreported. Only the target's own mailboxes can be raised;
-    one that only the old master had is counted in `messages_at_risk` instead.
+    uidvalidity: int
+    uidnext: int
+
+
+@dataclass(frozen=True)
+class UidNextPlan:
+    """What the RAISE_UIDNEXT step asks of the new master, per `user/mailbox`."""
+
+    floors: Mapping[str, int] = field(default_factory=dict)
+    """Mailboxes the new master has: the minimum UIDNEXT each must have."""
+    create: Mapping[str, MailboxToCreate] = field(default_factory=dict)
+    """Mailboxes only the old master had: create each as the old master had it, before it is routed to."""
+    diverged: tuple[str, ...] = ()
+    """Mailboxes the new master has under another UIDVALIDITY than the old master reported (left as they are)."""
+
+
+def uidnext_plan(
+    target: Iterable[MailboxUidNext], old_master: Iterable[MailboxUidNext] | None, *, gap: int
+) -> UidNextPlan:
+    """What the new master must do before it is routed to, so that no UID is reused and no UIDVALIDITY changes.
+
+    Each mailbox of the target gets a floor: the highest UIDNEXT known on
+    either side, plus `gap` for what the old master may have assigned
+    unreported. Each mailbox only the old master reported is to be created
+    with its UIDVALIDITY and its UIDNEXT plus `gap`. So every mailbox the old
+    master reported ends up on the target with the UIDVALIDITY it had and a
+    UIDNEXT above anything the old master reported, unless the target already
+    has it under another UIDVALIDITY (`diverged`).
     """
+    mine = _index(target)
     theirs = _index(old_master or ())
-    floors = {}
-    for row in target:
-        old = theirs.get(row.mailbox)
-        known = row.uidnext if old is None or old.uidvalidity != row.uidvalidity else max(row.uidnext, old.uidnext)
-        floors[row.mailbox] = known + gap
-    return floors
+    floors, diverged = {}, []
+    for name, row in mine.items():
+        old = theirs.get(name)
+        if old is None or old.uidvalidity == row.uidvalidity:
+            known = row.uidnext if old is None else max(row.uidnext, old.uidnext)
+        else:
+            known = row.uidnext
+            diverged.append(name)
+        floors[name] = known + gap
+    create = {
+        name: MailboxToCreate(uidvalidity=row.uidvalidity, uidnext=row.uidnext + gap)
+        for name, row in theirs.items()
+        if name not in mine
+    }
+    return UidNextPlan(floors=floors, create=create, diverged=tuple(sorted(diverged)))

@@ -10,15 +10,22 @@ interval, never a stalled loop. One aiohttp session is shared by every shard
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+
+from mailshard.failover import UidNextPlan
 
 STATUS_TIMEOUT_SECONDS = 0.8
 """A poll must fail inside the 1 s poll interval, so a silent agent counts as one missed poll, not several."""
 ACTION_TIMEOUT_SECONDS = 60.0
 """Promote and fence restart the mail daemon and wait for it; Cyrus takes a few seconds."""
+
+
+def uidnext_body(plan: UidNextPlan) -> dict[str, Any]:
+    """The `POST /uidnext` body that carries out a RaiseUidNext plan (see `mailshard.agent.http`)."""
+    create = {name: {"uidvalidity": new.uidvalidity, "uidnext": new.uidnext} for name, new in plan.create.items()}
+    return {"floors": dict(plan.floors), "create": create}
 
 
 class AgentCallError(RuntimeError):
@@ -55,8 +62,8 @@ class AgentClient:
         path = f"/{action}" + ("?force=true" if force else "")
         return await self._call("POST", address, path, token, limit=ACTION_TIMEOUT_SECONDS)
 
-    async def raise_uidnext(self, address: str, token: str, floors: Mapping[str, int]) -> Any:
-        body = {"floors": dict(floors)}
+    async def raise_uidnext(self, address: str, token: str, plan: UidNextPlan) -> Any:
+        body = uidnext_body(plan)
         return await self._call("POST", address, "/uidnext", token, limit=ACTION_TIMEOUT_SECONDS, body=body)
 
     async def _call(self, method: str, address: str, path: str, token: str, *, limit: float, body: Any = None) -> Any:

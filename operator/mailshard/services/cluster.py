@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -63,8 +64,11 @@ class ClusterReconciler:
         *,
         metrics: OperatorMetrics | None = None,
         proxy_image: str | None = None,
+        users_written: Callable[[str, str], object] | None = None,
     ) -> None:
         self.api = api
+        self.users_written = users_written
+        """Told (namespace, shard) after a shard's users Secret was created or changed: its members wait for it."""
         self.events = events
         self.routing = routing
         self.metrics = metrics or OperatorMetrics()
@@ -189,6 +193,9 @@ class ClusterReconciler:
             )
             for warning in outcome.warnings:
                 self.events.record(body, "Warning", "UsersSkipped", warning)
+            if self.users_written is not None:
+                for shard in outcome.written:
+                    self.users_written(cluster.metadata.namespace, shard)
         return outcome
 
     def _ensure_proxies(self, body: Manifest, cluster: MailCluster) -> tuple[str | None, _Proxies]:

@@ -58,9 +58,16 @@ from mailshard.failover import (
     PodState,
     RecordedState,
     ShardFacts,
+    UidNextPlan,
     decide,
 )
-from mailshard.failover.agent_report import AgentAnswer, MalformedAnswerError, parse_agent_status
+from mailshard.failover.agent_report import (
+    AgentAnswer,
+    MalformedAnswerError,
+    parse_agent_status,
+    uidvalidity_not_kept,
+)
+from mailshard.failover.decide import route_of
 from mailshard.failover.record import recorded_state, status_patch
 from mailshard.metrics import OperatorMetrics
 from mailshard.services.agents import AgentCallError, AgentClient
@@ -72,6 +79,8 @@ log = logging.getLogger(__name__)
 
 MIN_PAUSE_SECONDS = 0.05
 """Even a decision that wants to be re-made at once yields this long, so a bug cannot spin the event loop."""
+MAILBOXES_NAMED = 8
+"""At most this many mailboxes are named in one Event (its message is cut at 1024 characters), the rest counted."""
 
 
 class Stopped(Protocol):
@@ -131,9 +140,9 @@ class _Reach:
         address, token = self._address(member)
         await self.agents.act(address, token, verb, force=force)
 
-    async def raise_uidnext(self, member: str, floors: Mapping[str, int]) -> None:
+    async def raise_uidnext(self, member: str, plan: UidNextPlan) -> Any:
         address, token = self._address(member)
-        await self.agents.raise_uidnext(address, token, floors)
+        return await self.agents.raise_uidnext(address, token, plan)
 
 
 @dataclass
@@ -252,12 +261,16 @@ class FailoverMonitor:
             switchover_to=annotations.get(SWITCHOVER_ANNOTATION),
             force_promote_to=annotations.get(FORCE_PROMOTE_ANNOTATION),
         )
+        route_before = route_of(memory.record)
         decision = decide(facts)
         done = await self._carry_out(body, memory, member_pods, settings, decision)
         views_changed = self._publish_views(key, memory)
         if done and decision.record != memory.record:
             await asyncio.to_thread(self._store, body, memory, decision.record)
-            await asyncio.to_thread(self.after_record, namespace, name, settings.cluster)
+            # The routing table follows the record only through where routing points. Republishing it (a whole
+            # cluster reconcile) after every step cost up to a second each; now only the steps that move it pay.
+            cluster = settings.cluster if decision.route_to != route_before else None
+            await asyncio.to_thread(self.after_record, namespace, name, cluster)
         elif views_changed:
             await asyncio.to_thread(self.after_record, namespace, name, None)
         return decision.recheck_after if done else settings.policy.poll_interval_seconds
@@ -327,8 +340,9 @@ class FailoverMonitor:
             # The old master is fenced or unreachable by now, though its peer may still list it as master.
             await reach.act(member, "promote", force=True)
         elif step is FailoverStep.RAISE_UIDNEXT:
+            plan = decision.uidnext_plan or UidNextPlan()
             try:
-                await reach.raise_uidnext(member, decision.uidnext_floors or {})
+                answer = await reach.raise_uidnext(member, plan)
             except AgentCallError as error:
                 if error.status != 501:
                     raise
@@ -337,6 +351,16 @@ class FailoverMonitor:
                     "but did not replicate may be reused"
                 )
                 await asyncio.to_thread(self.events.record, body, "Warning", "UidNextNotRaised", message)
+                return
+            changed = [f"{name} (under another UIDVALIDITY here already)" for name in plan.diverged]
+            changed += uidvalidity_not_kept(answer)
+            if changed:
+                message = (
+                    f"{len(changed)} mailbox(es) on {member} do not have the UIDVALIDITY the old master gave them, "
+                    f"so their clients will download them again: {'; '.join(changed[:MAILBOXES_NAMED])}"
+                    + (f"; and {len(changed) - MAILBOXES_NAMED} more" if len(changed) > MAILBOXES_NAMED else "")
+                )
+                await asyncio.to_thread(self.events.record, body, "Warning", "UidValidityNotKept", message)
         elif step is FailoverStep.REPLAY_JOURNAL:
             try:
                 await reach.act(member, "replay")

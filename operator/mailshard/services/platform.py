@@ -40,7 +40,11 @@ class Platform:
         events = EventRecorder(api)
         views = MemberViews()
         shards = ShardReconciler(api, events, metrics=metrics, views=views)
-        clusters = ClusterReconciler(api, events, RoutingPublisher(api, events), metrics=metrics)
+        # A new shard's members start only once its users Secret exists (mounted at start, it holds every user
+        # from the first second, where one written after the pod started arrives at the kubelet's next sync).
+        clusters = ClusterReconciler(
+            api, events, RoutingPublisher(api, events), metrics=metrics, users_written=shards.reconcile
+        )
 
         def after_failover_record(namespace: str, shard: str, cluster: str | None) -> None:
             # The shard's phase, conditions and pod labels first, then the routing table from its new status.

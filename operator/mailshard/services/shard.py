@@ -45,7 +45,7 @@ from mailshard.builders import (
     compute_shard_status,
     failed_status,
 )
-from mailshard.builders.names import pod_name, replication_secret_name, volume_claim_name
+from mailshard.builders.names import pod_name, replication_secret_name, users_secret_name, volume_claim_name
 from mailshard.failover import FailoverPolicy
 from mailshard.failover.record import RECORD_FIELDS
 from mailshard.metrics import OperatorMetrics, ShardFacts
@@ -121,13 +121,14 @@ class ShardReconciler:
         now = datetime.datetime.now(datetime.UTC)
         generation = int(body["metadata"].get("generation", 0))
         try:
-            shard = self._resolve(body)
+            shard, named_users = self._resolve(body)
             self._share_settings(shard)
             master = self._choose_master(shard, previous)
             routed = previous.routed_member if previous is not None and previous.master is not None else master
             self._ensure_secret(shard)
             superseded = previous.superseded if previous is not None else ()
-            created, reverted = self._ensure_children(shard, master, superseded)
+            hold = named_users and self.api.get("Secret", users_secret_name(shard.name), shard.namespace) is None
+            created, reverted = self._ensure_children(shard, master, superseded, hold_new_members=hold)
             self._ensure_volume_sizes(shard)
             self._ensure_pod_roles(shard, routed)
             self.volumes.recover(body, shard, previous, {p["metadata"]["name"]: p for p in self._pods(shard)})
@@ -140,7 +141,8 @@ class ShardReconciler:
         self._write_status(body, previous, status)
         return status
 
-    def _resolve(self, body: Manifest) -> ResolvedShard:
+    def _resolve(self, body: Manifest) -> tuple[ResolvedShard, bool]:
+        """The shard's settings over its cluster's defaults, and whether the cluster names users (`spec.users`)."""
         try:
             shard = MailShard.from_resource(body)
         except pydantic.ValidationError as error:
@@ -167,7 +169,7 @@ class ShardReconciler:
             ) from error
         resolved = shard.resolve(cluster.spec.shard_defaults)
         self._check_storage_class(resolved)
-        return resolved
+        return resolved, cluster.spec.users is not None
 
     def _check_storage_class(self, shard: ResolvedShard) -> None:
         wanted = shard.spec.storage.storage_class_name
@@ -214,12 +216,29 @@ class ShardReconciler:
         self.api.create(build_replication_secret(shard, credentials))
 
     def _ensure_children(
-        self, shard: ResolvedShard, master: str, superseded: tuple[str, ...]
+        self, shard: ResolvedShard, master: str, superseded: tuple[str, ...], *, hold_new_members: bool = False
     ) -> tuple[list[str], list[str]]:
-        """Apply each child that is missing or differs; returns (created, reverted) descriptions."""
+        """Apply each child that is missing or differs; returns (created, reverted) descriptions.
+
+        With `hold_new_members` the members' StatefulSets are not created yet (existing ones are kept as they
+        are): the cluster names users, and this shard's users Secret is not written yet. The cluster's
+        reconcile writes it once the shard has its row in the routing table, and reconciles the shard again.
+        """
         manifests = build_shard_manifests(
             shard, master=master, images=self.images, superseded=superseded
         ).in_apply_order()
+        if hold_new_members:
+            manifests = [
+                m
+                for m in manifests
+                if m["kind"] != "StatefulSet" or self.api.get("StatefulSet", m["metadata"]["name"], shard.namespace)
+            ]
+            log.info(
+                "%s/%s: members wait for the users Secret %s",
+                shard.namespace,
+                shard.name,
+                users_secret_name(shard.name),
+            )
         changes = ensure_children(self.api, shard.namespace, manifests, keep_live=_keep_immutable_fields)
         return changes.created, changes.reverted
 
