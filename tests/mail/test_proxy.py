@@ -277,7 +277,7 @@ def _lmtp_rcpt(port: int, user: str) -> tuple[int, bytes]:
         return lmtp.rcpt(user)
 
 
-@pytest.mark.parametrize("state", [ShardState.FENCED, ShardState.UNREADY])
+@pytest.mark.parametrize("state", [ShardState.FENCED, ShardState.UNREADY, ShardState.MISSING])
 def test_a_refused_shard_answers_temporary_errors_and_the_other_keeps_serving(tier: Tier, state: ShardState) -> None:
     fenced_user, other = tier.user_of("s1"), tier.user_of("s2")
     row = ShardRoute(state=state, master="m-a", master_host="a") if state is ShardState.FENCED else ShardRoute(state)
@@ -310,17 +310,21 @@ def test_unknown_users_and_wrong_passwords_are_refused_by_the_backend(tier: Tier
 
 
 def test_a_refused_table_keeps_the_last_good_routes(tier: Tier) -> None:
+    first = tier.table
+    assert first is not None
+    tier.publish(tier.next_table(s2=serving("b")))  # version 2, the same routes
     assert tier.table is not None
+    assert tier.table.version == first.version + 1
     before = tier.proxy.routes_file.read_text()
+    # Version 1 again, now sending s1's users to b: older than the table in force.
     older = apply_table(
-        render_table(
-            replace(tier.table, version=tier.table.version - 0, shards={"s1": serving("b"), "s2": serving("b")})
-        ),
+        render_table(replace(first, shards={"s1": serving("b"), "s2": serving("b")})),
         previous=tier.table,
         routes_file=tier.proxy.routes_file,
         resolve=tier.resolve,
     )
     assert not older.accepted
+    assert older.problems == (f"version {first.version} is older than the version {first.version + 1} already in use",)
     garbage = apply_table("{", previous=tier.table, routes_file=tier.proxy.routes_file, resolve=tier.resolve)
     assert not garbage.accepted
     assert garbage.table is tier.table

@@ -6,6 +6,9 @@ checks it on the real daemon, against the operator's own `slot_of`.
 
 from __future__ import annotations
 
+import datetime
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mailshard.api.routing import RoutingTable, ShardRoute, ShardState, render_table
+from mailshard.proxy.__main__ import parser
 from mailshard.proxy.render import (
     CONF_FILE,
     LUA_FILE,
@@ -22,7 +26,7 @@ from mailshard.proxy.render import (
     render_proxy,
     render_routes,
 )
-from mailshard.proxy.sidecar import apply_table, config_map_text, moved_users, proxied_users
+from mailshard.proxy.sidecar import applied_file, apply_table, config_map_text, last_applied, moved_users, proxied_users
 
 pytestmark = pytest.mark.unit
 
@@ -159,7 +163,7 @@ def test_apply_table_writes_the_routes_and_kicks_only_moved_users(tmp_path: Path
     assert applied.kicked == (users["s1"],)
     assert ["proxy", "kick", users["s1"]] in doveadm.calls
     assert "a2.mail.svc" in routes.read_text()
-    assert list(tmp_path.iterdir()) == [routes], "no temporary file is left behind"
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "applied-routing.json", routes], "no temporary file is left"
 
 
 def test_apply_table_keeps_the_last_good_table(tmp_path: Path) -> None:
@@ -194,3 +198,111 @@ def test_config_map_text_reads_models_and_dicts() -> None:
             self.data = {"routing.json": "x"}
 
     assert config_map_text(Model()) == "x"
+
+
+# --- a sidecar started again beside the route file it wrote (its container restarted, not its pod) -------------
+#
+# The table it had applied is still in force, and must still be what a new document is checked against: without
+# it, a restarted sidecar would take an old copy of the table as if it were the first it ever saw.
+
+RESTARTED_WRITTEN = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.UTC)
+
+
+RESTARTED = RoutingTable(
+    version=12,
+    slots=("s1",) * 4 + ("s2",) * 4,
+    shards={"s1": _serving("a.mail.svc"), "s2": _serving("b.mail.svc")},
+    written_at=RESTARTED_WRITTEN,
+)
+
+
+def started(tmp_path: Path) -> Path:
+    """A route file as a sidecar left it before stopping: RESTARTED applied."""
+    routes = tmp_path / "routes.txt"
+    assert apply_table(render_table(RESTARTED), previous=None, routes_file=routes).accepted
+    return routes
+
+
+def test_the_applied_document_is_kept_beside_the_route_file_and_read_back(tmp_path: Path) -> None:
+    routes = started(tmp_path)
+    assert applied_file(routes).parent == routes.parent
+    assert applied_file(routes).read_text() == render_table(RESTARTED)
+    assert last_applied(routes) == RESTARTED
+    assert last_applied(tmp_path / "elsewhere" / "routes.txt") is None
+
+
+def test_after_a_restart_an_older_table_is_still_refused(tmp_path: Path) -> None:
+    routes = started(tmp_path)
+    before = routes.read_text()
+    restored = last_applied(routes)
+    older = replace(RESTARTED, version=11, shards={**RESTARTED.shards, "s1": _serving("old.mail.svc")}, written_at=None)
+    stale_copy = replace(older, written_at=RESTARTED_WRITTEN - datetime.timedelta(hours=1))
+    for table in (older, stale_copy):
+        applied = apply_table(render_table(table), previous=restored, routes_file=routes, doveadm=FakeDoveadm([]))
+        assert not applied.accepted
+        assert "older than the version 12" in applied.problems[0]
+        assert applied.table == RESTARTED
+    assert routes.read_text() == before
+    assert last_applied(routes) == RESTARTED
+
+
+def test_after_a_restart_a_recreated_table_is_taken_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    routes = started(tmp_path)
+    recreated = replace(
+        RESTARTED,
+        version=1,
+        shards={**RESTARTED.shards, "s1": _serving("new.mail.svc")},
+        written_at=RESTARTED_WRITTEN + datetime.timedelta(hours=1),
+    )
+    with caplog.at_level(logging.WARNING, logger="mailshard.proxy"):
+        applied = apply_table(render_table(recreated), previous=last_applied(routes), routes_file=routes)
+    assert applied.accepted
+    assert applied.table == recreated
+    assert routes.read_text() == render_routes(recreated)
+    assert last_applied(routes) == recreated
+    assert "the table was recreated" in caplog.text
+
+
+def test_after_a_restart_the_same_table_is_not_written_again(tmp_path: Path) -> None:
+    routes = started(tmp_path)
+    os.utime(routes, (1_000_000_000, 1_000_000_000))
+    doveadm = FakeDoveadm(["someone@example.com"])
+    applied = apply_table(render_table(RESTARTED), previous=last_applied(routes), routes_file=routes, doveadm=doveadm)
+    assert applied.accepted
+    assert applied.applied_at is None
+    assert routes.stat().st_mtime == 1_000_000_000
+    assert doveadm.calls == []
+
+
+def test_after_a_restart_users_moved_meanwhile_are_kicked(tmp_path: Path) -> None:
+    routes = started(tmp_path)
+    users = _users_by_shard(RESTARTED)
+    moved, staying = users["s1"], users["s2"]
+    failed_over = replace(RESTARTED, version=13, shards={**RESTARTED.shards, "s1": _serving("a2.mail.svc")})
+    doveadm = FakeDoveadm([moved, staying])
+    applied = apply_table(render_table(failed_over), previous=last_applied(routes), routes_file=routes, doveadm=doveadm)
+    assert applied.kicked == (moved,)
+    assert ["proxy", "kick", moved] in doveadm.calls
+
+
+@pytest.mark.parametrize("content", ["{", "", '{"format": 1}', "\udcff"])
+def test_an_unreadable_applied_document_is_ignored_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str
+) -> None:
+    routes = tmp_path / "routes.txt"
+    applied_file(routes).write_bytes(content.encode("utf-8", "surrogateescape"))
+    with caplog.at_level(logging.WARNING, logger="mailshard.proxy"):
+        assert last_applied(routes) is None
+    assert "cannot be read" in caplog.text
+
+
+def test_follow_takes_the_masters_ports() -> None:
+    args = parser().parse_args(
+        ["follow", "--cluster", "c", "--namespace", "n", "--backend-port", "imap=10143", "--backend-port", "lmtp=10024"]
+    )
+    assert dict(args.backend_port) == {"imap": 10143, "lmtp": 10024}
+    for wrong in ("imaps=993", "imap=0", "imap=x", "imap"):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["follow", "--cluster", "c", "--namespace", "n", "--backend-port", wrong])

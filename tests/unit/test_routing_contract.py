@@ -275,6 +275,20 @@ def test_versions_only_move_forward() -> None:
     assert validate_table(render_table(example_table(version=6)), previous=current)
 
 
+def test_a_lower_version_written_later_is_a_recreated_table_and_an_old_copy_is_not() -> None:
+    at = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.UTC)
+    current = dataclasses.replace(example_table(version=40), written_at=at)
+    recreated = dataclasses.replace(example_table(version=2), written_at=at + datetime.timedelta(milliseconds=1))
+    assert succession_problems(current, recreated) == []
+    old_copy = dataclasses.replace(example_table(version=39), written_at=at - datetime.timedelta(minutes=5))
+    assert "older than the version 40" in succession_problems(current, old_copy)[0]
+    same_moment = dataclasses.replace(example_table(version=39), written_at=at)
+    assert "older than the version 40" in succession_problems(current, same_moment)[0]
+    hand_written = example_table(version=39)  # no writtenAt: nothing shows it is newer
+    assert "older than the version 40" in succession_problems(current, hand_written)[0]
+    assert "older than the version 40" in succession_problems(example_table(version=40), recreated)[0]
+
+
 @pytest.mark.parametrize(
     ("user", "shard", "host", "refusal"),
     [

@@ -98,3 +98,11 @@ def test_a_table_without_a_write_time_or_a_skewed_clock(tmp_path: Path) -> None:
     sidecar.take(replace(TABLE, version=5), at=WRITTEN.timestamp() - 2)  # the proxy's clock 2 s behind
     assert value(sidecar.metrics, "mailshard_proxy_route_propagation_seconds_count") == 1
     assert value(sidecar.metrics, "mailshard_proxy_route_propagation_seconds_sum") == 0
+
+
+def test_a_table_restored_after_a_restart_is_the_version_in_force_and_no_propagation() -> None:
+    metrics = SidecarMetrics("mail", "demo")
+    metrics.restored(TABLE, at=1_700_000_000.0)
+    assert value(metrics, "mailshard_proxy_routing_table_version") == 3
+    assert value(metrics, "mailshard_proxy_routing_table_applied_timestamp_seconds") == 1_700_000_000.0
+    assert value(metrics, "mailshard_proxy_route_propagation_seconds_count") == 0

@@ -29,9 +29,11 @@ override per line with sorted keys, so two versions differ by the lines that
 really changed: a failover is the version and `writtenAt` lines plus one shard
 row. `version` only ever grows; `validate_table` is what a proxy sidecar runs
 before taking a new document, and refuses one that is malformed or older than
-what it has. `writtenAt` (optional, RFC 3339 UTC with milliseconds) is when the
-operator published that version; it routes nobody, and lets a proxy measure
-how long a new table took to reach it.
+what it has (unless written later: a recreated table, see
+`succession_problems`). `writtenAt` (optional, RFC 3339 UTC with milliseconds)
+is when the operator published that version; it routes nobody, lets a proxy
+measure how long a new table took to reach it, and tells a recreated table
+from an old copy.
 
 This module is pure and imports nothing from Kubernetes, so a proxy sidecar
 can use it alone.
@@ -282,14 +284,25 @@ def parse_table(text: str) -> RoutingTable:
 
 
 def succession_problems(previous: RoutingTable, new: RoutingTable) -> list[str]:
-    """Why `new` may not replace `previous`: the version went back, or was reused for different routes."""
+    """Why `new` may not replace `previous`: the version went back, or was reused for different routes.
+
+    A lower version written later than `previous` (both with `writtenAt`) is a table that was recreated, its
+    versions started again (a MailCluster recreated, the API's store restored from a backup): it is taken, or
+    the proxies would keep an outdated table until the new versions caught up. A restored old copy carries its
+    old `writtenAt`, and a hand-written document none, so both are still refused.
+    """
     if new.slot_count != previous.slot_count:
         return [f"slotCount changed from {previous.slot_count} to {new.slot_count}, which would move almost every user"]
-    if new.version < previous.version:
+    if new.version < previous.version and not _written_after(new, previous):
         return [f"version {new.version} is older than the version {previous.version} already in use"]
     if new.version == previous.version and not new.same_routes(previous):
         return [f"version {new.version} is reused for different routes; a change must increase the version"]
     return []
+
+
+def _written_after(new: RoutingTable, previous: RoutingTable) -> bool:
+    """Whether `new` was published after `previous`: a lower version then means the table was recreated."""
+    return new.written_at is not None and previous.written_at is not None and new.written_at > previous.written_at
 
 
 def validate_table(text: str, *, previous: RoutingTable | None = None) -> list[str]:

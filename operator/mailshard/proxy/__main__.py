@@ -21,7 +21,7 @@ from pathlib import Path
 from mailshard.api import proxy_pod
 from mailshard.metrics import serve_metrics
 from mailshard.proxy.metrics import SidecarMetrics
-from mailshard.proxy.render import PROTOCOLS, ProxyPorts, ProxySettings, render_proxy
+from mailshard.proxy.render import PROTOCOLS, Endpoint, ProxyPorts, ProxySettings, render_proxy
 from mailshard.proxy.sidecar import doveadm_runner, watch
 
 
@@ -31,6 +31,13 @@ def _port_override(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(
             f"expected NAME=PORT with NAME one of {sorted(ProxyPorts.__dataclass_fields__)}"
         )
+    return name, int(port)
+
+
+def _backend_port(text: str) -> tuple[str, int]:
+    name, _, port = text.partition("=")
+    if name not in PROTOCOLS or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected NAME=PORT with NAME one of {', '.join(PROTOCOLS)}")
     return name, int(port)
 
 
@@ -86,6 +93,7 @@ def follow(args: argparse.Namespace) -> None:
     if args.metrics_address:
         serve_metrics(args.metrics_address, metrics.registry)
         logging.getLogger("mailshard.proxy").info("serving metrics on http://%s/metrics", args.metrics_address)
+    ports = dict(args.backend_port)
     watch(
         metrics=metrics,
         cluster=args.cluster,
@@ -93,6 +101,7 @@ def follow(args: argparse.Namespace) -> None:
         routes_file=routes,
         doveadm=doveadm_runner(proxy_pod.conf_dir(state) / "dovecot.conf"),
         kubeconfig=args.kubeconfig,
+        resolve=lambda host: Endpoint(host, **ports),
     )
 
 
@@ -115,6 +124,13 @@ def parser() -> argparse.ArgumentParser:
     follow_cmd.add_argument("--kubeconfig", help="outside a pod: the kubeconfig to use")
     follow_cmd.add_argument(
         "--metrics-address", default="", help="[HOST]:PORT to serve Prometheus metrics on; empty: none"
+    )
+    follow_cmd.add_argument(
+        "--backend-port",
+        type=_backend_port,
+        action="append",
+        default=[],
+        help="NAME=PORT where the masters serve a protocol, e.g. imap=10143 (tests); default: the standard ports",
     )
     follow_cmd.set_defaults(run=follow)
     return top

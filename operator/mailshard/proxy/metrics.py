@@ -4,7 +4,8 @@ The operator's metrics say which routing table it published; only the proxies
 can say when they took it. Each sidecar serves these on its pod's `metrics`
 port (`--metrics-address`), one registry per process:
 
-- `mailshard_proxy_routing_table_version{namespace,cluster}`: the version in force.
+- `mailshard_proxy_routing_table_version{namespace,cluster}`: the version in force
+  (after a restart of the sidecar alone, the one it had applied before).
 - `mailshard_proxy_routing_table_applied_timestamp_seconds{namespace,cluster}`: when
   the sidecar last put a new version in force (Unix time).
 - `mailshard_proxy_route_propagation_seconds{namespace,cluster}`: for each new
@@ -69,6 +70,11 @@ class SidecarMetrics:
         self._applied.labels(**self._labels).set(at)
         if replaced is not None and table.written_at is not None:
             self._propagation.labels(**self._labels).observe(max(0.0, at - table.written_at.timestamp()))
+
+    def restored(self, table: RoutingTable, *, at: float) -> None:
+        """`table`, applied at `at` before this start, is still in force (the sidecar restarted, not its pod)."""
+        self._version.labels(**self._labels).set(table.version)
+        self._applied.labels(**self._labels).set(at)
 
     def refused(self) -> None:
         self._refused.labels(**self._labels).inc()

@@ -16,6 +16,18 @@ ConfigMap through the API instead, and for each new document:
    `doveadm proxy kick` for those that differ), so a client still talking to a
    demoted master reconnects to the new one.
 
+After the route file, the document itself is written beside it
+(`applied_file`), and a sidecar that starts again (its container restarted,
+the pod's emptyDir kept) takes that table as the one in force
+(`last_applied`): a table older than it is refused across the restart as it
+would have been before, the users whose route moved while the sidecar was
+down are kicked, and the unchanged table is not rewritten. The route file is
+written first, so the remembered document is never newer than the routes in
+force. An older version is taken only when its `writtenAt` is later than that
+of the table in force (see `mailshard.api.routing.succession_problems`): the
+table was recreated and its versions started again, which a restored old
+copy, carrying its old `writtenAt`, cannot pass for.
+
 `apply_table` is everything but the API: the mail tier calls it directly (it
 has no API server) and the unit tier tests it with a fake doveadm. `watch`
 adds the Kubernetes watch, reconnecting on errors, and tells the sidecar's
@@ -34,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailshard.api.routing import TABLE_KEY, RoutingTable, parse_table, route_user, validate_table
+from mailshard.api.routing import (
+    TABLE_KEY,
+    RoutingTable,
+    RoutingTableError,
+    parse_table,
+    route_user,
+    validate_table,
+)
 from mailshard.proxy.metrics import SidecarMetrics
 from mailshard.proxy.render import Resolver, render_routes, standard_endpoint
 
@@ -89,6 +108,23 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def applied_file(routes_file: Path) -> Path:
+    """Where the sidecar keeps the document it last applied, beside the route file, for its next start."""
+    return routes_file.with_name("applied-routing.json")
+
+
+def last_applied(routes_file: Path) -> RoutingTable | None:
+    """The table applied before this start (None: there is none, or it cannot be read, which is logged)."""
+    path = applied_file(routes_file)
+    try:
+        return parse_table(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, RoutingTableError) as error:
+        log.warning("ignoring the last applied table %s, which cannot be read: %s", path, error)
+        return None
+
+
 def proxied_users(listing: str) -> list[str]:
     """The users of `doveadm -f tab proxy list`.
 
@@ -125,7 +161,10 @@ def apply_table(
     resolve: Resolver = standard_endpoint,
     clock: Callable[[], float] = time.time,
 ) -> Applied:
-    """Validate a document, write the route file, kick the sessions whose route moved."""
+    """Validate a document, write the route file (and the document beside it), kick the sessions whose route moved.
+
+    `previous` is the table in force: the one applied last, before a restart too (`last_applied`).
+    """
     problems = validate_table(text, previous=previous)
     if problems:
         log.warning("routing table refused, keeping version %s: %s", getattr(previous, "version", None), problems)
@@ -133,8 +172,18 @@ def apply_table(
     table = parse_table(text)
     if previous is not None and table.version == previous.version:
         return Applied(table=previous, accepted=True)
+    if previous is not None and table.version < previous.version:
+        log.warning(
+            "routing table version %s follows version %s but was written later (%s after %s): "
+            "the table was recreated, taking it",
+            table.version,
+            previous.version,
+            table.written_at,
+            previous.written_at,
+        )
     write_atomically(routes_file, render_routes(table, resolve))
     applied_at = clock()  # the next login reads the new file; kicking the moved sessions comes after
+    write_atomically(applied_file(routes_file), text)
     kicked: list[str] = []
     if previous is not None and doveadm is not None:
         try:
@@ -181,17 +230,21 @@ def watch(
             config.load_kube_config()
     api = client.CoreV1Api()
     name = f"{cluster}-routing"
-    table: RoutingTable | None = None
     told = metrics or SidecarMetrics(namespace, cluster)
+    table = last_applied(routes_file)
+    if table is not None:
+        told.restored(table, at=applied_file(routes_file).stat().st_mtime)
+        log.info("routing table version %s in force from before this start", table.version)
+    taken = False  # the first table after a start is no propagation (see mailshard.proxy.metrics)
 
     def take(config_map: Any) -> None:
-        nonlocal table
+        nonlocal table, taken
         text = config_map_text(config_map)
         if text is None:
             return
         applied = apply_table(text, previous=table, routes_file=routes_file, doveadm=doveadm, resolve=resolve)
-        applied.tell(told, replaced=table)
-        table = applied.table
+        applied.tell(told, replaced=table if taken else None)
+        table, taken = applied.table, True
 
     backoff = 0.5
     while not stop():
