@@ -18,9 +18,12 @@ import imaplib
 import json
 import os
 import shutil
+import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,9 @@ import pytest
 from kubernetes import client
 from operator_support import OperatorProcess, eventually, kubectl
 from pair_support import SHARD, A, B, condition, events, route, set_pod_ready, shard, status
+from routing_support import describe, routed_member_watch, table_watch
 
-from mailshard.api.routing import ShardState
+from mailshard.api.routing import RoutingTable, ShardState
 from mailshard.builders.names import pod_name
 from mailshard.proxy.render import Endpoint
 from mailshard_harness import local_agents, local_proxy, mailflow
@@ -64,12 +68,19 @@ def test_a_killed_master_is_replaced_and_comes_back_as_replica(
         what="routing repointed at the new master",
     )
     assert row.master_host.startswith(f"{B}-0.")
-    labels = {
-        p.metadata.name: p.metadata.labels.get("mailshard.io/role")
-        for p in client.CoreV1Api(api_client).list_namespaced_pod(namespace).items
-    }
-    assert labels[f"{B}-0"] == "master"
-    assert labels[f"{A}-0"] == "replica"
+
+    def role_labels() -> dict[str, str]:
+        return {
+            p.metadata.name: p.metadata.labels.get("mailshard.io/role")
+            for p in client.CoreV1Api(api_client).list_namespaced_pod(namespace).items
+        }
+
+    # The shard's reconcile relabels the pods from the new status; one already running goes round once more.
+    eventually(
+        lambda: (labels := role_labels())[f"{B}-0"] == "master" and labels[f"{A}-0"] == "replica",
+        timeout=10,
+        what="the pods' role labels following the new master",
+    )
     seen = events(api_client, namespace)
     assert "Warning/MasterDown" in seen
     assert "Warning/StartFailover" in seen
@@ -376,3 +387,122 @@ def test_mail_through_the_proxy_survives_master_kills_with_nothing_lost(
         "kill_to_login_through_proxy_seconds": [round(value, 3) for value in outages],
     }
     print(f"\nDRILL-RESULT {json.dumps(result)}")
+
+
+ROUTE_SWITCHOVERS = int(os.environ.get("MAILSHARD_ROUTE_SWITCHOVERS", "2"))
+"""2 in the suite; `bench/route_propagation.py` runs this test with more and reads the ROUTE-RESULT line it prints."""
+ROUTE_BOUND = 3.0
+"""Seconds from the status change to the first login on the new master allowed here; the target is 1 s."""
+
+
+def _serves(member: str, table: RoutingTable) -> bool:
+    return table.shards[SHARD].master == member and table.shards[SHARD].state is ShardState.SERVING
+
+
+def _switched(api: client.ApiClient, namespace: str, previous: Any, old: str, new: str) -> bool:
+    """The switchover recorded, and the old master back as the new one's replica."""
+    current = status(api, namespace)
+    roles = {m["name"]: m["role"] for m in current.get("members", [])}
+    return current.get("lastFailover") != previous and roles == {old: "replica", new: "master"}
+
+
+class LoginProbe:
+    """Logs in through the proxy again and again; records when each login succeeded and which member served it.
+
+    The member is the one whose address the proxy's own session table (`doveadm proxy list`) shows the
+    session connected to, read while the session is still open.
+    """
+
+    def __init__(self, proxy: LocalProxy, pair: local_agents.LocalPair, user: str) -> None:
+        self.proxy, self.user, self.password = proxy, user, pair.users[user]
+        self.members = {member.ip: name for name, member in pair.members.items()}
+        self.landed: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="login-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                session = imaplib.IMAP4("127.0.0.1", self.proxy.ports["imap"], timeout=10)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            try:
+                session.login(self.user, self.password)
+                logged_in = time.monotonic()
+                self.landed.append((logged_in, self._member()))
+            except imaplib.IMAP4.error:
+                time.sleep(0.01)  # refused while the shard is fenced: try again
+            finally:
+                with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                    session.logout()
+
+    def _member(self) -> str:
+        rows = [line.split("\t") for line in self.proxy.doveadm(["-f", "tab", "proxy", "list"]).splitlines()]
+        header = rows[0] if rows else []
+        column = next((i for i, name in enumerate(header) if name.replace("-", " ") == "dest ip"), None)
+        found = {row[column] for row in rows[1:] if column is not None and row[0] == self.user and len(row) > column}
+        return ",".join(sorted(self.members.get(ip, ip) for ip in found)) or "unknown"
+
+    def first_on(self, member: str, *, since: float, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((at for at, served in list(self.landed) if at >= since and served == member), None)
+            if found is not None:
+                return found
+            time.sleep(0.01)
+        return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+def test_a_switchover_reaches_the_first_login_through_the_proxy_on_the_new_master(
+    api_client: client.ApiClient, kubeconfig: Path, namespace: str, pair: local_agents.LocalPair, proxy: LocalProxy
+) -> None:
+    """Route propagation, all real but the pods: the operator's status change → table → sidecar → login.
+
+    Each planned switchover is timed at three points, from the moment the shard's status first routes its
+    users to the new master (a watch on the MailShard): the new table version at a watch on the ConfigMap,
+    and the first login through the proxy that the proxy connected to the new master.
+    """
+    user = sorted(pair.users)[0]
+    eventually(lambda: _login(proxy, user, pair.users[user]), timeout=20, what="a first login through the proxy")
+    routed = routed_member_watch(kubeconfig, namespace, SHARD)
+    tables = table_watch(kubeconfig, namespace, "demo-routing")
+    probe = LoginProbe(proxy, pair, user)
+    figures: dict[str, list[float]] = {"request_to_status": [], "status_to_table": [], "status_to_login": []}
+    master = A
+    try:
+        for switchover in range(ROUTE_SWITCHOVERS):
+            target = B if master == A else A
+            previous = status(api_client, namespace).get("lastFailover")
+            requested = time.monotonic()
+            kubectl(kubeconfig, "annotate", "-n", namespace, "mailshard", SHARD, f"mailshard.io/switchover-to={target}")
+            _, moved = routed.wait_for(target.__eq__, since=requested, timeout=60, what="a new master")
+            _, published = tables.wait_for(partial(_serves, target), since=requested, timeout=60, what="a new table")
+            landed = probe.first_on(target, since=moved, timeout=ROUTE_BOUND)
+            assert landed is not None, f"switchover {switchover}: no login on {target} within {ROUTE_BOUND} s (missed)"
+            assert not [at for at, served in probe.landed if served == target and requested <= at < moved], (
+                f"switchover {switchover}: a login reached {target} before the status routed to it"
+            )
+            figures["request_to_status"].append(moved - requested)
+            figures["status_to_table"].append(published - moved)
+            figures["status_to_login"].append(landed - moved)
+            eventually(partial(_switched, api_client, namespace, previous, master, target), timeout=60, what="done")
+            eventually(
+                lambda: condition(api_client, namespace, "Replicating").get("status") == "True",
+                timeout=60,
+                what="the pair in sync again",
+            )
+            master = target
+    finally:
+        probe.stop()
+        routed.stop()
+        tables.stop()
+    for name, values in figures.items():
+        print(f"\nswitchover {name.replace('_', ' -> ')}: {describe(values)}")
+    print(f"ROUTE-RESULT {json.dumps({name: [round(v, 4) for v in values] for name, values in figures.items()})}")
+    assert statistics.median(figures["status_to_login"]) < 1.0, describe(figures["status_to_login"])

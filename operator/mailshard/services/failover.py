@@ -170,6 +170,8 @@ class _ShardMemory:
     alarmed: tuple[str, str] | None = None
     """(diagnosis, action) of the alarm last reported, so each is told once."""
     alarm: Problem | None = None
+    polled_at: datetime | None = None
+    """When both agents were last polled (the operator's clock)."""
 
 
 class FailoverMonitor:
@@ -239,9 +241,20 @@ class FailoverMonitor:
         members = member_names(name)
         by_name = {pod.name: pod for pod in pods}
         member_pods = {member: by_name.get(pod_name(member)) for member in members}
-        await asyncio.gather(
-            *(self._poll(memory, member, pod, settings.agent_port) for member, pod in member_pods.items())
+        polled = self.clock()
+        # A failover runs its steps back to back, one per tick. Polling both agents before each of them cost up to
+        # the poll timeout per step while the old master's address black-holes; within one poll interval the last
+        # answers stand (a step that needs a newer one holds, and the next tick polls).
+        chained = (
+            memory.record.failover is not None
+            and memory.polled_at is not None
+            and (polled - memory.polled_at).total_seconds() < settings.policy.poll_interval_seconds
         )
+        if not chained:
+            await asyncio.gather(
+                *(self._poll(memory, member, pod, settings.agent_port) for member, pod in member_pods.items())
+            )
+            memory.polled_at = polled
         if not was_established(shard.status) or (
             not self._warmed_up(memory, settings) and memory.record.failover is None
         ):
