@@ -25,7 +25,7 @@ import pytest
 import yaml
 from kubernetes import client
 from operator_support import OPERATOR_USER, REPO, AuditLog, OperatorProcess, eventually, kubectl
-from routing_support import TableWatch, describe
+from routing_support import describe, table_watch
 
 from mailshard.api.constants import ANNOTATION_FENCED
 from mailshard.api.routing import TABLE_KEY, RoutingTable, ShardState, parse_table, render_table
@@ -169,7 +169,7 @@ def test_thirty_shard_status_changes_each_reach_the_table(
     apply_examples(kubeconfig, namespace)
     complete_table(api_client, namespace)
     shards = client.CustomObjectsApi(api_client)
-    watch = TableWatch(kubeconfig, namespace, TABLE)
+    watch = table_watch(kubeconfig, namespace, TABLE)
     delays: list[float] = []
 
     def timed(change: Any, check: Any, what: str) -> None:
