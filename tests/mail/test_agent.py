@@ -1,15 +1,20 @@
 """The agent's contract on a real Dovecot: authentication, safe defaults, bad inputs, supervision.
 
 Each test starts only the members it needs; a peer that is not started is
-simply unreachable, which is itself one of the bad inputs under test.
+simply unreachable, which is itself one of the bad inputs under test. The
+bad inputs a backend handles on its own (a missing role, a wrong replication
+secret) run on Cyrus too. Every problem /status names must be in the agent's
+log in the same words.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import signal
+from pathlib import Path
 
 import aiohttp
 import mailtools
@@ -22,6 +27,11 @@ pytestmark = pytest.mark.mail
 async def _start(member: Member) -> None:
     member.start()
     await member.wait_healthy()
+
+
+def logged(member: Member) -> str:
+    """Everything the agent wrote to its log (stdout), where each problem in /status must appear in the same words."""
+    return member.log_path.read_text(errors="replace")
 
 
 async def test_actions_need_the_token(make_pair: PairFactory) -> None:
@@ -47,8 +57,15 @@ async def test_actions_need_the_token(make_pair: PairFactory) -> None:
     assert "mailshard_daemon_restarts_total" in metrics
 
 
-async def test_unknown_role_serves_as_fenced(make_pair: PairFactory) -> None:
-    pair = make_pair(users=2, roles=(None, "replica"))
+def pair_factory(request: pytest.FixtureRequest, backend: str) -> PairFactory:
+    """``make_pair`` or, for Cyrus, ``make_cyrus_pair`` (which skips when the Cyrus prefix is missing)."""
+    factory: PairFactory = request.getfixturevalue("make_pair" if backend == "dovecot" else "make_cyrus_pair")
+    return factory
+
+
+@pytest.mark.parametrize("backend", ["dovecot", "cyrus"])
+async def test_unknown_role_serves_as_fenced(backend: str, request: pytest.FixtureRequest) -> None:
+    pair = pair_factory(request, backend)(users=2, roles=(None, "replica"))
     a = pair.a
     await _start(a)
     status = await a.status()
@@ -56,8 +73,9 @@ async def test_unknown_role_serves_as_fenced(make_pair: PairFactory) -> None:
     assert status["mode"] == "fenced"
     assert status["readyAsMaster"] is False
     assert "role unknown" in status["roleError"]
-    assert any("role file" in error for error in status["errors"])
-    for port in ("imap", "lmtp", "pop3", "managesieve", "doveadm"):
+    assert status["roleError"] in status["errors"]
+    assert status["roleError"] in logged(a)
+    for port in ("imap", "lmtp", "pop3", "managesieve", "doveadm"):  # Cyrus's sync port is "doveadm" too
         assert not port_open(a.ports[port]), port
     assert (await a.action("demote"))["status"]["mode"] == "replica"
     assert a.role_file.read_text().strip() == "replica"
@@ -95,17 +113,35 @@ async def test_no_promotion_while_the_peer_is_master(make_pair: PairFactory) -> 
     await pair.a.wait_status(lambda s: any("split brain" in e for e in s["errors"]), what="split brain reported")
 
 
-async def test_wrong_replication_secret_is_named(make_pair: PairFactory) -> None:
-    pair = make_pair(users=2, password_b="not-the-shared-secret")
+@pytest.mark.parametrize(
+    ("backend", "rejection"),
+    [
+        ("dovecot", "doveadm server 127.0.0.1:{port} rejected our doveadm password"),
+        # Cyrus's own sync_client only retries for ever: the master's agent logs in to the sync server itself.
+        ("cyrus", "Cyrus sync server 127.0.0.1:{port} rejected our replication password"),
+    ],
+)
+async def test_wrong_replication_secret_is_named(backend: str, rejection: str, request: pytest.FixtureRequest) -> None:
+    pair = pair_factory(request, backend)(users=2, password_b="not-the-shared-secret")
     a, b = pair.a, pair.b
     await pair.start()
     status = await a.wait_status(
-        lambda s: s["replication"]["peerDoveadm"] == "auth-failed", what="peer doveadm rejects us"
+        lambda s: s["replication"]["peerDoveadm"] == "auth-failed", what="the peer's replication server rejects us"
     )
     assert status["replication"]["state"] == "failing"
-    assert any("rejected our doveadm password" in error for error in status["errors"])
+    expected = rejection.format(port=b.ports["doveadm"]) + ": the shared replication secret differs"
+    assert expected in status["errors"]
+    assert expected in logged(a)
+    if backend == "dovecot":  # the replica checks the same secret against the master's doveadm server, and says so
+        seen_by_b = await b.wait_status(
+            lambda s: s["replication"]["peerDoveadm"] == "auth-failed", what="master's doveadm rejects the replica"
+        )
+        expected_b = rejection.format(port=a.ports["doveadm"]) + ": the shared replication secret differs"
+        assert expected_b in seen_by_b["errors"]
+        assert expected_b in logged(b)
+    await a.wait_status(lambda s: s["readyAsMaster"], what="master ready")  # it still serves its users
     await asyncio.to_thread(mailtools.deliver, a.ports["lmtp"], [(pair.users[0], mailtools.make_message("u", 1))])
-    await a.wait_status(lambda s: s["replication"]["behindMailboxes"] == 1, what="replica seen behind")
+    await a.wait_status(lambda s: s["replication"]["behindMailboxes"] >= 1, what="replica seen behind")
     assert (await b.status())["mailboxes"]["count"] == 0
     assert (await a.status())["readyAsMaster"] is True
 
@@ -117,6 +153,7 @@ async def test_bad_config_and_missing_binary_never_serve(make_pair: PairFactory)
     a.start()
     status = await a.wait_status(lambda s: s["configError"] is not None, what="config error reported")
     assert "is invalid" in status["configError"]
+    assert status["configError"] in logged(a)
     assert status["mode"] == "fenced"
     assert status["readyAsMaster"] is False
     assert status["daemonUp"] is False
@@ -131,6 +168,37 @@ async def test_bad_config_and_missing_binary_never_serve(make_pair: PairFactory)
     assert status["daemonUp"] is False
     assert status["readyAsMaster"] is False
     assert (await b.request("GET", "/healthz", token=None, expect=None))[0] == 503
+
+
+def daemons_of(member: Member) -> list[int]:
+    """Processes running with this member's configuration: its daemon and the daemon's children."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(member.data_dir / "conf").encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize("backend", ["dovecot", "cyrus"])
+async def test_sigterm_during_a_role_change_leaves_no_daemon(backend: str, request: pytest.FixtureRequest) -> None:
+    """The pod is stopped while the operator promotes it: the daemon the promotion restarts must not outlive it."""
+    a = pair_factory(request, backend)(users=2, roles=("replica", "replica")).a
+    await _start(a)
+    assert a.proc is not None
+    for _ in range(3):
+        promoting = asyncio.create_task(a.request("POST", "/promote", expect=None))
+        await asyncio.sleep(0.1)  # the promotion is restarting the daemon now
+        a.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(a.proc.wait, 30) == 0
+        with contextlib.suppress(aiohttp.ClientError):
+            await promoting
+        await asyncio.sleep(1.0)  # a daemon started late would be up by now
+        assert daemons_of(a) == [], f"left running after the agent stopped:\n{a.log_tail(30)}"
+        a.set_role("replica")
+        a.start()
+        await a.wait_healthy()
 
 
 async def test_crashed_daemon_is_restarted(make_pair: PairFactory) -> None:

@@ -28,7 +28,6 @@ from pathlib import Path
 from mailshard.agent.identity import RunAs
 from mailshard.agent.lmtp import JOURNAL_HEADER
 from mailshard.agent.observe import MailboxState, ParseError
-from mailshard.agent.peer import Probe, ProbeResult
 
 _EXAMINING = re.compile(r"^Examining (\S+)\.\.\.")
 _MESSAGES = re.compile(r"Number of Messages: (\d+)")
@@ -423,16 +422,3 @@ async def journal_ids(admin: AdminLogin, user: str, since: datetime.date) -> set
         return await asyncio.to_thread(_journal_ids, admin, user, since)
     except (OSError, imaplib.IMAP4.error) as exc:
         raise CyrusToolError(f"cannot read {user}'s journal ids over IMAP {admin.host}:{admin.port}: {exc}") from exc
-
-
-async def probe_sync_port(host: str, port: int, *, wait_seconds: float = 3.0) -> Probe:
-    """Is the peer's ``syncserver`` listening? (Authentication shows up as replication that does not progress.)"""
-    where = f"{host}:{port}"
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait_seconds)
-    except (OSError, TimeoutError) as exc:
-        return Probe(ProbeResult.UNREACHABLE, f"Cyrus sync server {where} unreachable: {exc or type(exc).__name__}")
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return Probe(ProbeResult.OK, f"Cyrus sync server {where} is listening")

@@ -84,7 +84,8 @@ class ReplicationState(enum.StrEnum):
     IN_SYNC = "in-sync"
     CATCHING_UP = "catching-up"
     FAILING = "failing"
-    """The replica cannot be reached or rejects us, or the replicator reports failed syncs."""
+    """The replica cannot be reached or rejects us, the replicator reports failed syncs, or this member's
+    volume is too full to write: never reported in sync while it cannot take what replication brings."""
     UNKNOWN = "unknown"
     """No state of the peer has been seen yet."""
 
@@ -96,10 +97,11 @@ def replication_state(
     in_sync: bool,
     peer_problem: str | None,
     failed_users: int,
+    volume_full: bool = False,
 ) -> ReplicationState:
     if mode is ServingMode.FENCED:
         return ReplicationState.OFF
-    if peer_problem is not None or failed_users > 0:
+    if peer_problem is not None or failed_users > 0 or volume_full:
         return ReplicationState.FAILING
     if not have_peer_state:
         return ReplicationState.UNKNOWN

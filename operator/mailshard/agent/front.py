@@ -21,6 +21,12 @@ gets its 250: the message is on the master's disk, and with the replica gone
 there is nothing to fail over to, so refusing mail would buy no safety. Such
 deliveries are counted (``unjournaled``) and reported, never hidden.
 
+A full volume is the one case where the front refuses mail itself: at MAIL,
+at each RCPT, and once the message's size is known, the agent's ``space``
+check (see ``volume.py``) may answer that the store would fall below its
+reserve, and the sender gets ``452 4.3.1`` (try again later) instead of a
+message the store might not be able to keep.
+
 The cost is one HTTP round trip and one fsync on the replica per message;
 ``docs/benchmarks.md`` has the measured figures.
 """
@@ -52,6 +58,9 @@ log = logging.getLogger("mailshard.agent.front")
 
 JournalWriter = Callable[[JournalEntry, bytes], Awaitable[str | None]]
 """Writes one entry to the replica's journal; returns None when stored, else why it was not."""
+SpaceCheck = Callable[[int, int], str | None]
+"""Why the store cannot take this many more bytes in this many more files now, or None when it can."""
+MAIL_SYSTEM_FULL = reply(452, "4.3.1 Mail system full, try again later")
 
 READ_LIMIT = 1024 * 1024
 """Longest line a client may send (messages' lines are at most 998 bytes by RFC 5322, but some exceed it)."""
@@ -79,11 +88,13 @@ class JournalingFront:
         journal: JournalWriter,
         *,
         recipient_known: Callable[[str], bool] | None = None,
+        space: SpaceCheck | None = None,
     ) -> None:
         self.daemon = daemon
         self.hostname = hostname
         self.journal = journal
         self.recipient_known = recipient_known
+        self.space = space
         self.counters = FrontCounters()
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -132,6 +143,7 @@ class _Session:
     def __init__(self, front: JournalingFront, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.front, self.reader, self.writer = front, reader, writer
         self.daemon: LmtpClient | None = None
+        self.greeted = False
         self.sender: str | None = None
         self.recipients: list[str] = []
 
@@ -192,16 +204,31 @@ class _Session:
     async def lhlo(self) -> None:
         self.reset()
         if self.daemon is None:
-            try:
-                self.daemon = await LmtpClient.connect(self.front.daemon, self.front.hostname)
-            except LmtpError as exc:
-                log.error("%s", exc)
-                await self.send(reply(421, "4.3.0 Mail store unavailable, try again later"))
-                raise _ClosedError from None
+            await self.connect_daemon()
         else:
             await self.relay("RSET")
+        assert self.daemon is not None
         assert self.daemon.capabilities is not None
+        self.greeted = True
         await self.send(front_capabilities(self.front.hostname, self.daemon.capabilities))
+
+    async def connect_daemon(self) -> None:
+        try:
+            self.daemon = await LmtpClient.connect(self.front.daemon, self.front.hostname)
+        except LmtpError as exc:
+            log.error("%s", exc)
+            await self.send(reply(421, "4.3.0 Mail store unavailable, try again later"))
+            raise _ClosedError from None
+
+    async def drop_daemon(self) -> None:
+        """End the daemon's session mid-transaction (it waits for data it will not get); the next MAIL opens one."""
+        if self.daemon is not None:
+            await self.daemon.close()
+            self.daemon = None
+
+    def out_of_space(self, incoming_bytes: int, files: int) -> bool:
+        check = self.front.space
+        return check is not None and check(incoming_bytes, files) is not None
 
     async def relay(self, command: str) -> Reply:
         assert self.daemon is not None
@@ -213,12 +240,17 @@ class _Session:
             raise _ClosedError from None
 
     async def mail(self, text: str) -> None:
-        if self.daemon is None:
+        if not self.greeted:
             await self.send(reply(503, "5.5.1 Say LHLO first"))
             return
         if self.sender is not None:
             await self.send(reply(503, "5.5.1 MAIL already given"))
             return
+        if self.out_of_space(0, 1):
+            await self.send(MAIL_SYSTEM_FULL)
+            return
+        if self.daemon is None:
+            await self.connect_daemon()
         answer = await self.relay(text)
         if answer.ok:
             self.sender = address_of(text.split(":", 1)[1] if ":" in text else "")
@@ -232,6 +264,9 @@ class _Session:
         known = self.front.recipient_known
         if known is not None and not known(recipient):
             await self.send(reply(550, f"5.1.1 <{recipient}>: no such user here"))
+            return
+        if self.out_of_space(0, 1):
+            await self.send(MAIL_SYSTEM_FULL)
             return
         answer = await self.relay(text)
         if answer.ok:
@@ -261,10 +296,13 @@ class _Session:
         self.reset()
         if size > MAX_MESSAGE_BYTES:
             # The daemon waits for data we will not send it: drop that session rather than deliver half a message.
-            await self.daemon.close()
-            self.daemon = None
+            await self.drop_daemon()
             too_big = reply(552, f"5.3.4 Message exceeds {MAX_MESSAGE_BYTES} bytes")
             await self.send(*([too_big] * len(recipients)))
+            return
+        if self.out_of_space(size * len(recipients), len(recipients)):  # one copy per recipient, at worst
+            await self.drop_daemon()
+            await self.send(*([MAIL_SYSTEM_FULL] * len(recipients)))
             return
         journal_id = uuid.uuid4().hex
         stamp = stamp_line(journal_id)

@@ -1,7 +1,7 @@
 """Prometheus metrics of one agent, in a registry of its own.
 
 Why this module exists: the numbers an operator alerts on (daemon up, serving
-mode, lag, last successful sync, restarts) are defined once here. Each agent
+mode, lag, last successful sync, restarts, a full volume) are defined once here. Each agent
 gets its own ``CollectorRegistry`` rather than the global one, so several
 agents can live in one process (tests) without clashing.
 """
@@ -62,6 +62,25 @@ class AgentMetrics:
         self.unjournaled = Counter(
             "mailshard_deliveries_unjournaled",
             "Deliveries acknowledged without a journal copy on the replica (it was unreachable): at risk.",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.volume_free_bytes = Gauge(
+            "mailshard_volume_free_bytes",
+            "Bytes the daemon may still write on the mail volume (statvfs f_bavail).",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.volume_full = Gauge(
+            "mailshard_volume_full",
+            "1 while the mail volume is below its reserve: the member takes no mail (LMTP 452 4.3.1).",
+            names,
+            registry=self.registry,
+        ).labels(**labels)
+        self.refused_for_space = Counter(
+            "mailshard_deliveries_refused_for_space",
+            "LMTP commands (MAIL, RCPT, a message) and journal entries refused because the volume would fall "
+            "below its reserve.",
             names,
             registry=self.registry,
         ).labels(**labels)

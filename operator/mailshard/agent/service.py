@@ -11,7 +11,9 @@ Failure handling, in one place: an unreadable or invalid runtime config means
 no daemon at all (nothing to render), a clear ``configError`` and a failing
 ``/healthz``; an unknown role means the daemon serves as fenced; a missing
 binary, a wrong replication secret or an unreachable peer are reported as
-named errors in ``/status`` and in the log, and never change the role.
+named errors in ``/status`` and in the log, and never change the role; a mail
+volume below its reserve (``volume.py``) is reported the same way, and the
+member takes no mail until there is room again.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from mailshard.agent.cyrustools import (
     CyrusToolError,
     CyrusTools,
     create_inboxes,
-    probe_sync_port,
 )
 from mailshard.agent.cyrustools import journal_ids as cyrus_journal_ids
 from mailshard.agent.daemonlog import SyslogReceiver
@@ -61,9 +62,10 @@ from mailshard.agent.lag import LagReading, LagTracker
 from mailshard.agent.lmtp import LmtpClient, LmtpError
 from mailshard.agent.metrics import AgentMetrics
 from mailshard.agent.observe import MailboxKey, MailboxState, ParseError, ReplicatorUser, summary_index
-from mailshard.agent.peer import PeerAgent, PeerAgentError, Probe, ProbeResult, probe_doveadm
+from mailshard.agent.peer import PeerAgent, PeerAgentError, Probe, ProbeResult, probe_cyrus_sync, probe_doveadm
 from mailshard.agent.state import FenceMarker, RoleFile
 from mailshard.agent.supervisor import DaemonSupervisor
+from mailshard.agent.volume import Reserve, VolumeWatch
 from mailshard.backends import (
     Backend,
     InstancePaths,
@@ -146,6 +148,11 @@ class AgentSettings:
     cyrus_root: Path = field(default_factory=lambda: Path(os.environ.get("MAILSHARD_CYRUS_ROOT", "/")))
     """Where Cyrus is installed (``/``, or a prefix extracted by ``.ci/install-cyrus-prefix``).
     Used only when the runtime config says ``backend: cyrus``; not yet a CLI flag."""
+    reserve: Reserve = field(default_factory=Reserve)
+    """What must stay free on the mail volume (see ``volume.py``)."""
+    config_problem: str | None = None
+    """Why the config could not even be derived before the agent started (a pod's unreadable shard.json):
+    reported as the config error, so the agent never serves."""
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -161,15 +168,21 @@ def load_config(path: Path) -> MemberRuntimeConfig:
     try:
         return MemberRuntimeConfig.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {error['msg']}" for error in exc.errors()
-        )
-        raise ValueError(f"runtime config {path} is invalid: {problems}") from exc
+        raise ValueError(f"runtime config {path} is invalid: {validation_problems(exc)}") from exc
+
+
+def validation_problems(error: ValidationError) -> str:
+    """A pydantic error on one line: each field's path and what is wrong with it."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or '<root>'}: {problem['msg']}" for problem in error.errors()
+    )
 
 
 class Agent:
     cyrus_users: frozenset[str] = frozenset()
     """Cyrus: who may receive mail (see ``_is_cyrus_user``); replaced whenever the users file is read."""
+    _polls = 0
+    _last_kick = 0.0
 
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -214,8 +227,6 @@ class Agent:
         self._stopping = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._polls = 0
-        self._last_kick = 0.0
         # Observations, replaced wholesale by each poll.
         self.mailboxes: tuple[MailboxState, ...] = ()
         self.mailbox_error: str | None = None
@@ -230,6 +241,7 @@ class Agent:
         self.last_success_sync: float | None = None
         self.last_in_sync: float | None = None
         self.observed_at: float | None = None
+        self.volume = VolumeWatch(self.paths.mail_dir, settings.reserve)
 
     @property
     def mode(self) -> ServingMode:
@@ -263,7 +275,7 @@ class Agent:
                 await self._poller
         if self.front is not None:
             await self.front.stop()
-        await self.supervisor.stop()
+        await self.supervisor.close()
         self.syslog.stop()
         if self._session is not None:
             await self._session.close()
@@ -349,6 +361,8 @@ class Agent:
     def _load(self) -> None:
         """(Re)read the runtime config, the doveadm password, the role and the fence."""
         try:
+            if self.settings.config_problem is not None:
+                raise ValueError(self.settings.config_problem)
             config = load_config(self.settings.config_path)
             if config.doveadm_password_file is not None:
                 try:
@@ -622,6 +636,7 @@ class Agent:
                 config.member,
                 self._journal_on_peer,
                 recipient_known=self._is_cyrus_user if self.backend is Backend.CYRUS else None,
+                space=self._room_for,
             )
         if not self.front.listening:
             try:
@@ -669,6 +684,8 @@ class Agent:
             return 400, {"error": f"bad journal entry: {exc}"}
         if self.mode is not ServingMode.REPLICA:
             return 409, {"error": f"only a replica keeps the journal (this member is {self.mode.value})"}
+        if self._room_for(len(message), 2) is not None:  # the message and its entry
+            return 507, {"error": f"cannot store the journal entry: {self.volume.full or 'the volume is too full'}"}
         try:
             await asyncio.to_thread(self.journal.write, entry, message)
         except OSError as exc:
@@ -931,12 +948,16 @@ class Agent:
 
     async def _wait_up(self, within: float) -> None:
         deadline = time.monotonic() + within
+
         # Nothing signals the pid file's appearance, so poll it briefly.
-        while not self.supervisor.up and time.monotonic() < deadline:  # noqa: ASYNC110
+        def waiting() -> bool:  # a shutdown (see ``stop``) ends the wait: the daemon will not come up
+            return time.monotonic() < deadline and not self._stopping.is_set()
+
+        while not self.supervisor.up and waiting():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         # Cyrus's master writes its pid file before it binds its services: wait for the one port that matters.
         port = self._cyrus_port()
-        while port is not None and time.monotonic() < deadline:
+        while port is not None and waiting():
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection(port[0], port[1])
                 writer.close()
@@ -1035,6 +1056,7 @@ class Agent:
         self._polls += 1
         if self.config is None:
             return
+        self._room_for(0, 0)
         mode = self.member.mode
         up = self.supervisor.up
         if up and self.backend is Backend.CYRUS:
@@ -1068,7 +1090,7 @@ class Agent:
             # every PROBE_EVERY polls, since each rejected login is an error line in the peer's log.
             if self._polls % PROBE_EVERY == 1 or self.probe is None or self.probe.result is ProbeResult.UNREACHABLE:
                 if self.backend is Backend.CYRUS:
-                    probe = await probe_sync_port(peer.host, peer.doveadm_port)
+                    probe = await probe_cyrus_sync(peer.host, peer.doveadm_port, SYNC_ADMIN, self.doveadm_password)
                 else:
                     probe = await probe_doveadm(peer.host, peer.doveadm_port, self.doveadm_password)
                 if probe.result is not ProbeResult.OK and (self.probe is None or self.probe != probe):
@@ -1119,6 +1141,19 @@ class Agent:
         except DoveadmError as exc:
             log.error("could not nudge the replicator: %s", exc)
 
+    def _room_for(self, incoming_bytes: int, files: int) -> str | None:
+        """The volume's answer (``VolumeWatch.room_for``) for the LMTP front, the journal and each poll."""
+        self.volume.path = self.paths.mail_dir  # a runtime config may move the mail elsewhere
+        refused_before = self.volume.refused
+        problem = self.volume.room_for(incoming_bytes, files)
+        if self.metrics is not None:
+            if self.volume.refused > refused_before:
+                self.metrics.refused_for_space.inc()
+            if self.volume.reading is not None:
+                self.metrics.volume_free_bytes.set(self.volume.reading.free_bytes)
+            self.metrics.volume_full.set(1 if self.volume.full else 0)
+        return problem
+
     def _update_metrics(self) -> None:
         if self.metrics is None:
             return
@@ -1150,6 +1185,8 @@ class Agent:
             self.provision_error,
             self.front_error,
             self.replay_error,
+            self.volume.full,
+            self.volume.error,
             *self.journal.load_errors,
         ]
         failed = [user.username for user in self.replicator_users if user.failed]
@@ -1184,6 +1221,7 @@ class Agent:
             in_sync=self.lag is not None and self.lag.in_sync,
             peer_problem=self.peer_problem(),
             failed_users=len(failed),
+            volume_full=self.volume.full is not None,
         )
         if config is None:
             state = ReplicationState.OFF
@@ -1229,6 +1267,7 @@ class Agent:
                 "observedFromTimestamp": self.mailboxes_from,
             },
             "journal": self._journal_status(),
+            "volume": self.volume.to_json(),
             "observedAt": _iso(self.observed_at),
             "errors": self.errors(),
         }

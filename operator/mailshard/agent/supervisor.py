@@ -5,6 +5,8 @@ so it must do what an init would: start the daemon in its own process group,
 forward its output to our stdout, restart it with exponential backoff when it
 dies, say clearly when the binary is missing, and on shutdown stop it with
 SIGTERM, then SIGKILL the whole group if it lingers, so no child survives.
+Shutdown is final (``close``): a role change still in flight when SIGTERM
+came cannot start the daemon again behind the agent's back.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class DaemonSupervisor:
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
@@ -75,7 +78,7 @@ class DaemonSupervisor:
         return self._task is not None and not self._task.done()
 
     def start(self) -> None:
-        if self.running:
+        if self.running or self._closed:
             return
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="daemon-supervisor")
@@ -88,6 +91,11 @@ class DaemonSupervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def close(self) -> None:
+        """Stop for good: nothing starts the daemon again (the agent is shutting down)."""
+        self._closed = True
+        await self.stop()
 
     async def restart(self, *, grace: float | None = None) -> None:
         await self.stop(grace=grace)
