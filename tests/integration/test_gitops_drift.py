@@ -70,10 +70,11 @@ def test_the_examples_show_no_diff_once_ready(
         assert custom(api_client, namespace, plurals[kind], name)["metadata"]["generation"] == 1, (kind, name)
 
     # The same check sees a real difference: one field of the cluster changed in "Git".
-    edited = yaml.safe_load((examples / "mailcluster.yaml").read_text())
+    documents = [d for d in yaml.safe_load_all((examples / "mailcluster.yaml").read_text()) if d]
+    (edited,) = [d for d in documents if d["kind"] == "MailCluster"]
     edited["spec"]["proxy"]["replicas"] += 1
     changed_file = tmp_path / "mailcluster.yaml"
-    changed_file.write_text(yaml.safe_dump(edited))
+    changed_file.write_text(yaml.safe_dump_all(documents))
     changed = server_side_diff(kubeconfig, namespace, changed_file)
     assert changed.returncode == 1, changed.stderr
     assert f"replicas: {edited['spec']['proxy']['replicas']}" in changed.stdout

@@ -4,7 +4,9 @@ Two Dovecot masters for the routing behaviour; a Dovecot and a Cyrus master
 (`mixed_tier`) for the promise that both backend kinds are served through it.
 
 The sidecar's API watch is replaced by direct calls to `apply_table`, the part
-that does the work: validate, write the route file, kick moved sessions. Each
+that does the work: validate, write the route file, kick moved sessions (the
+watch and the sidecar process itself, from a ConfigMap write to the next
+login, are timed in `tests/integration/test_route_propagation.py`). Each
 backend gets a marker mailbox per user (`at-a`, `at-b`), so a login through the
 proxy shows which backend it reached.
 """
