@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,17 +90,51 @@ class ProcessSampler:
         return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
 
-def operator_writes(audit_log: Path, since_line: int) -> list[str]:
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def operator_requests(audit_log: Path, since_line: int, until_line: int | None = None) -> list[tuple[str, str, str]]:
+    """(verb, resource, name) of every request the operator made, from the API server's audit log."""
     found = []
     with audit_log.open() as log:
         for index, line in enumerate(log):
             if index < since_line:
                 continue
+            if until_line is not None and index >= until_line:
+                break
             event: dict[str, Any] = json.loads(line)
             if event.get("stage") == "ResponseComplete" and event.get("user", {}).get("username") == OPERATOR_USER:
                 ref = event.get("objectRef") or {}
-                found.append(f"{event['verb']} {ref.get('resource')}/{ref.get('name', '')}")
+                resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+                found.append((event["verb"], resource, ref.get("name", "")))
     return found
+
+
+def operator_writes(audit_log: Path, since_line: int) -> list[str]:
+    return [
+        f"{verb} {resource}/{name}"
+        for verb, resource, name in operator_requests(audit_log, since_line)
+        if verb in WRITE_VERBS
+    ]
+
+
+def by_verb(requests: list[tuple[str, str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for verb, resource, _ in requests:
+        key = f"{verb} {resource}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def settle(audit_log: Path, quiet_seconds: float, limit: float) -> float:
+    """Waits until the operator wrote nothing for `quiet_seconds` (or `limit` passed); returns the wait."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        mark = lines(audit_log)
+        time.sleep(quiet_seconds)
+        if not operator_writes(audit_log, mark):
+            break
+    return time.monotonic() - started
 
 
 def lines(path: Path) -> int:
@@ -138,7 +173,9 @@ def ready_count(custom: client.CustomObjectsApi) -> int:
     )
 
 
-def run(shards: int, nodes: int, idle_seconds: float, timeout: float) -> dict[str, Any]:
+def run(
+    shards: int, nodes: int, idle_seconds: float, timeout: float, resync_seconds: float, *, keep_audit: Path | None
+) -> dict[str, Any]:
     name = f"bench-scale-{os.getpid()}"
     plane = ControlPlane.start(
         ClusterConfig(name=name, nodes=nodes, pods_per_node=max(110, 2 * shards), owner_pid=os.getpid())
@@ -178,13 +215,13 @@ def run(shards: int, nodes: int, idle_seconds: float, timeout: float) -> dict[st
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONPATH=str(REPO / "operator"), MAILSHARD_RESYNC_SECONDS="120"),
+                env=dict(os.environ, PYTHONPATH=str(REPO / "operator"), MAILSHARD_RESYNC_SECONDS=str(resync_seconds)),
                 start_new_session=True,
             )
         sampler = ProcessSampler(operator.pid).start()
         time.sleep(3)  # the operator's start-up, outside the measured window
         custom = client.CustomObjectsApi(api)
-        applied = time.monotonic()
+        applied, start_line = time.monotonic(), lines(plane.audit_log)
         kubectl_apply(plane.kubeconfig, manifests(shards), cache_dir=plane.directory / "kube-cache", what="shards")
         ready, progress = 0, []
         while ready < shards:
@@ -197,9 +234,12 @@ def run(shards: int, nodes: int, idle_seconds: float, timeout: float) -> dict[st
             progress.append((round(time.monotonic() - applied, 1), ready))
         all_ready = time.monotonic()
         rss_to_ready = sampler.peak_rss
-        time.sleep(10)  # the last status writes and their echoes
+        ramp = operator_requests(plane.audit_log, start_line)
+        # The last status writes and their echoes; a shard that never stops writing shows up as the limit.
+        settled = settle(plane.audit_log, quiet_seconds=15, limit=120)
         mark, idle_from = lines(plane.audit_log), time.monotonic()
         time.sleep(idle_seconds)
+        idle_requests = operator_requests(plane.audit_log, mark)
         idle_writes = operator_writes(plane.audit_log, mark)
         idle_to = time.monotonic()
         sampler.stop()
@@ -213,7 +253,14 @@ def run(shards: int, nodes: int, idle_seconds: float, timeout: float) -> dict[st
             "operator_peak_rss_mib": round(sampler.peak_rss / 2**20),
             "operator_cpu_cores_until_ready": round(sampler.cpu_between(applied, all_ready), 2),
             "operator_cpu_cores_idle": round(sampler.cpu_between(idle_from, idle_to), 2),
+            "operator_requests_until_ready": len(ramp),
+            "operator_requests_per_shard_until_ready": round(len(ramp) / shards, 1),
+            "operator_requests_until_ready_by_verb": by_verb(ramp),
+            "seconds_until_quiet_after_ready": round(settled, 1),
             "idle_seconds": idle_seconds,
+            "resync_seconds": resync_seconds,
+            "idle_api_requests_per_minute": round(len(idle_requests) * 60 / idle_seconds, 1),
+            "idle_api_requests_by_verb": by_verb(idle_requests),
             "idle_api_writes": len(idle_writes),
             "idle_api_writes_per_minute": round(len(idle_writes) * 60 / idle_seconds, 1),
             "idle_write_examples": idle_writes[:5],
@@ -225,6 +272,8 @@ def run(shards: int, nodes: int, idle_seconds: float, timeout: float) -> dict[st
                 operator.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(operator.pid, signal.SIGKILL)
+        if keep_audit is not None and plane.audit_log.exists():
+            shutil.copyfile(plane.audit_log, keep_audit)
         plane.stop()
 
 
@@ -232,7 +281,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--shards", type=int, default=100)
     parser.add_argument("--nodes", type=int, default=4)
-    parser.add_argument("--idle-seconds", type=float, default=60)
+    # The idle window spans several resyncs, so that a resync that writes is seen.
+    parser.add_argument("--idle-seconds", type=float, default=120)
+    parser.add_argument("--resync-seconds", type=float, default=30)
+    # Every write of every component, timestamped: where a slow ramp spends its time.
+    parser.add_argument("--keep-audit", type=Path, help="copy the API server's audit log (all writes) here")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
     missing = [b.name for b in versions.CONTROL_PLANE_BINARIES if not build.bin_path(b).exists()]
@@ -242,7 +295,9 @@ def main() -> int:
     # SIGTERM tears down like Ctrl-C (the finally clause above).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        result = run(args.shards, args.nodes, args.idle_seconds, args.timeout)
+        result = run(
+            args.shards, args.nodes, args.idle_seconds, args.timeout, args.resync_seconds, keep_audit=args.keep_audit
+        )
     except HarnessError as error:
         print(f"reconcile_scale: {error}", file=sys.stderr)
         return 1
