@@ -332,7 +332,8 @@ def test_a_restarted_sidecar_still_refuses_a_table_older_than_the_one_it_applied
                 return None
             return samples if sample(samples, "mailshard_proxy_routing_tables_refused_total", **labels) else None
 
-        samples = eventually(refused_once, timeout=30, what="the old copy refused after the restart")
+        # A cold Python start, a kubeconfig load and a LIST: seconds on a loaded machine, so a generous bound.
+        samples = eventually(refused_once, timeout=90, what="the old copy refused after the restart")
         assert sample(samples, "mailshard_proxy_routing_table_version", **labels) == 2
         assert in_force() == (2, "127.1.0.2"), "a restarted sidecar went back to an older table"
 

@@ -36,11 +36,9 @@ import pydantic
 
 from mailshard.api.constants import AGENT_TOKEN_KEY, LABEL_SHARD
 from mailshard.api.v1alpha1 import (
-    ConditionStatus,
     FailoverCause,
     MailShard,
     MemberRole,
-    ShardConditionType,
     member_names,
 )
 from mailshard.builders import Problem
@@ -51,7 +49,6 @@ from mailshard.failover import (
     SWITCHOVER_ANNOTATION,
     Action,
     Decision,
-    Diagnosis,
     FailoverStep,
     LagSample,
     MemberFacts,
@@ -73,7 +70,7 @@ from mailshard.metrics import OperatorMetrics
 from mailshard.services.agents import AgentCallError, AgentClient
 from mailshard.services.events import EventRecorder
 from mailshard.services.kube import KubeApi, Manifest, pod_ready
-from mailshard.services.member_views import MemberView, MemberViews, ShardKey, ShardSettings
+from mailshard.services.member_views import MemberView, MemberViews, ShardKey, ShardSettings, shown_alarm
 
 log = logging.getLogger(__name__)
 
@@ -460,14 +457,8 @@ class FailoverMonitor:
 
 def _stored_alarm(shard: MailShard) -> tuple[Problem | None, tuple[str, str] | None]:
     """The alarm the status already shows (a Stalled condition of ours), so a restart neither repeats nor rewords it."""
-    stalled = shard.status.condition(ShardConditionType.STALLED)
-    if stalled is None or stalled.status is not ConditionStatus.TRUE or stalled.reason not in _DIAGNOSES:
-        return None, None
-    reason = stalled.reason or ""
-    return Problem(reason=reason, message=stalled.message or ""), (reason, Action.RAISE_ALARM.value)
-
-
-_DIAGNOSES = frozenset(diagnosis.value for diagnosis in Diagnosis)
+    alarm = shown_alarm(shard.status)
+    return (alarm, (alarm.reason, Action.RAISE_ALARM.value)) if alarm is not None else (None, None)
 
 
 _COMPLETED_EVENTS = {

@@ -20,9 +20,9 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mailshard.api.v1alpha1 import MemberRole
+from mailshard.api.v1alpha1 import ConditionStatus, MailShardStatus, MemberRole, ShardConditionType
 from mailshard.builders import Problem
-from mailshard.failover import FailoverPolicy
+from mailshard.failover import Diagnosis, FailoverPolicy
 
 ShardKey = tuple[str, str]
 
@@ -51,6 +51,8 @@ class ShardSettings:
 class _Entry:
     members: dict[str, MemberView] = field(default_factory=dict)
     alarm: Problem | None = None
+    reported: bool = False
+    """Whether the monitor has published since this operator started; until then its alarm is the status's."""
     settings: ShardSettings | None = None
 
 
@@ -69,7 +71,8 @@ class MemberViews:
         with self._lock:
             entry = self._entry(key)
             changed = entry.members != members or entry.alarm != alarm
-            entry.members, entry.alarm = dict(members), alarm
+            changed = changed or not entry.reported
+            entry.members, entry.alarm, entry.reported = dict(members), alarm, True
             return changed
 
     def members(self, key: ShardKey) -> dict[str, MemberView]:
@@ -77,10 +80,17 @@ class MemberViews:
             entry = self._entries.get(key)
             return dict(entry.members) if entry is not None else {}
 
-    def alarm(self, key: ShardKey) -> Problem | None:
+    def alarm(self, key: ShardKey, shown: MailShardStatus | None = None) -> Problem | None:
+        """The monitor's alarm; before a monitor started since this operator has reported, the one `shown` has.
+
+        A restarted operator reconciles each shard at once, before its monitor has polled anyone: an alarm
+        cleared then and raised again a few seconds later would be two status writes and an Event for nothing.
+        """
         with self._lock:
             entry = self._entries.get(key)
-            return entry.alarm if entry is not None else None
+            if entry is not None and entry.reported:
+                return entry.alarm
+        return shown_alarm(shown) if shown is not None else None
 
     def set_settings(self, key: ShardKey, settings: ShardSettings) -> None:
         with self._lock:
@@ -94,3 +104,14 @@ class MemberViews:
     def forget(self, key: ShardKey) -> None:
         with self._lock:
             self._entries.pop(key, None)
+
+
+_DIAGNOSES = frozenset(diagnosis.value for diagnosis in Diagnosis)
+
+
+def shown_alarm(status: MailShardStatus) -> Problem | None:
+    """The failover monitor's alarm a status shows: a Stalled condition whose reason is a diagnosis."""
+    stalled = status.condition(ShardConditionType.STALLED)
+    if stalled is None or stalled.status is not ConditionStatus.TRUE or stalled.reason not in _DIAGNOSES:
+        return None
+    return Problem(reason=stalled.reason or "", message=stalled.message or "")

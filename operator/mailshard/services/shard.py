@@ -324,7 +324,7 @@ class ShardReconciler:
             last_failover=previous.last_failover if previous is not None else None,
             mailboxes=previous.mailboxes if previous is not None else None,
             fenced=fenced,
-            alarm=self.views.alarm(key),
+            alarm=self.views.alarm(key, shown=previous),
         )
 
     # ------------------------------------------------------------- outputs
