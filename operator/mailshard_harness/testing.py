@@ -7,7 +7,10 @@ the polling and its failure message the same everywhere.
 
 from __future__ import annotations
 
+import random
+import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -82,3 +85,38 @@ def scrape(url: str) -> Samples:
 def sample(samples: Samples, name: str, **labels: str) -> float | None:
     """The value of the sample with exactly these labels, or None when it is not exported."""
     return samples.get((name, tuple(sorted(labels.items()))))
+
+
+_HANDED_OUT: set[int] = set()
+_lock_ports = threading.Lock()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_loopback_ports(count: int, *, host: str = "127.0.0.1") -> list[int]:
+    """Ports for servers a test starts, below the kernel's ephemeral range and never handed out twice.
+
+    A port the kernel picks (bind to port 0) comes from the range every outgoing connection draws its local
+    port from: between our check and the daemon's listen, a client's connection took one (Dovecot's
+    imap-login failed with "Address already in use" in CI). Below that range only servers bind.
+    """
+    low = min(_ephemeral_low(), 65536)
+    ports: list[int] = []
+    with _lock_ports:
+        while len(ports) < count:
+            port = random.randint(10000, low - 1)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            ports.append(port)
+    return ports

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,7 +22,7 @@ from kubernetes import client
 
 from mailshard_harness import build, versions
 from mailshard_harness.identity import OPERATOR_USER, install_operator_identity
-from mailshard_harness.testing import eventually
+from mailshard_harness.testing import eventually, free_loopback_ports
 
 __all__ = [
     "OPERATOR_USER",
@@ -151,9 +150,7 @@ class AuditLog:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_loopback_ports(1)[0]
 
 
 def decode_secret(secret: client.V1Secret) -> dict[str, str]:

@@ -34,6 +34,7 @@ import pytest
 from mailshard.agent import cyruspreload
 from mailshard_harness import local_proxy, mailflow
 from mailshard_harness.local_proxy import LocalProxy
+from mailshard_harness.testing import free_loopback_ports
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "mail-tier-token"
@@ -65,16 +66,7 @@ def dovecot_installed() -> None:
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    return free_loopback_ports(count)
 
 
 def port_open(port: int) -> bool:
