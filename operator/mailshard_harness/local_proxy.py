@@ -31,20 +31,14 @@ import mailshard
 from mailshard.api import proxy_pod
 from mailshard.proxy.render import Resolver
 from mailshard.proxy.sidecar import doveadm_runner, watch
+from mailshard_harness.testing import free_loopback_ports
 
 LUA_MODULE = Path("/usr/lib/dovecot/modules/auth/libauthdb_lua.so")
 SOURCE_ROOT = str(Path(mailshard.__file__).resolve().parent.parent)
 
 
 def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    return free_loopback_ports(count)
 
 
 def _listening(port: int) -> bool:
