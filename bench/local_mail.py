@@ -22,7 +22,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from mailshard.agent.observe import MailboxState
 from mailshard.backends import Backend
 from mailshard.backends.cyrus import IMAPD_CONF
 from mailshard.backends.dovecot import CONF_FILE
+from mailshard_harness.testing import free_loopback_ports
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-password"
@@ -51,16 +51,6 @@ T = TypeVar("T")
 
 class CannotRunError(Exception):
     """The benchmark cannot run here; the message is the one line that says why."""
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -156,7 +146,6 @@ class Members:
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ms-bench-")))
     members: list[Member] = field(default_factory=list)
     _preload: Path | None = None
-    _ports_given: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.base.chmod(0o755)  # the daemons run as vmail
@@ -194,12 +183,8 @@ class Members:
         return member
 
     def _ports(self) -> dict[str, int]:
-        """Free ports none of these members got yet (a port is free again once ``free_ports`` closes it)."""
-        while True:
-            ports = free_ports(len(PORT_NAMES))
-            if not self._ports_given.intersection(ports):
-                self._ports_given.update(ports)
-                return dict(zip(PORT_NAMES, ports, strict=True))
+        """Free ports below the ephemeral range, none handed out twice in this run (see `free_loopback_ports`)."""
+        return dict(zip(PORT_NAMES, free_loopback_ports(len(PORT_NAMES)), strict=True))
 
     def _start(self, member: Member, peer_ports: dict[str, int], role: str) -> None:
         config = {
