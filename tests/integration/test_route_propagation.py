@@ -48,6 +48,7 @@ from routing_support import describe
 from mailshard.api import proxy_pod
 from mailshard.api.routing import TABLE_KEY, RoutingTable, ShardRoute, ShardState, render_table, table_digest
 from mailshard.builders.routing import ANNOTATION_ROUTING_DIGEST
+from mailshard.proxy.sidecar import last_applied
 from mailshard_harness import cluster, local_proxy
 from mailshard_harness.local_agents import LOCAL_MAIL_PORTS, LocalMember
 from mailshard_harness.local_proxy import LocalProxy
@@ -311,12 +312,19 @@ def test_a_restarted_sidecar_still_refuses_a_table_older_than_the_one_it_applied
         host = next((line.split()[4] for line in lines if line.startswith("run ")), None)
         return (version, host) if version is not None and host is not None else None
 
+    def remembered() -> int | None:
+        applied = last_applied(routes)
+        return applied.version if applied is not None else None
+
     first = publisher.publish(table(1, "127.1.0.1"))
     sidecar = start_sidecar(tmp_path, namespace, kubeconfig, metrics_port)
     try:
         eventually(lambda: in_force() == (1, "127.1.0.1"), timeout=30, what="version 1 in force")
         publisher.publish(table(2, "127.1.0.2"))
         eventually(lambda: in_force() == (2, "127.1.0.2"), timeout=30, what="version 2 in force")
+        # The route file is written before the remembered document: a kill between the two would leave version 1
+        # remembered, and the old copy below would be no older than it.
+        eventually(lambda: remembered() == 2, timeout=30, what="version 2 remembered for the next start")
         sidecar.kill()  # a crash: nothing is cleaned up
         sidecar.wait(10)
 
