@@ -202,6 +202,36 @@ async def test_sigterm_during_a_role_change_leaves_no_daemon(backend: str, reque
         await a.wait_healthy()
 
 
+@pytest.mark.parametrize("backend", ["dovecot", "cyrus"])
+async def test_a_pid_file_from_an_earlier_pod_does_not_stop_the_daemon(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """The pid file is on the mail volume: a new pod finds the old one, naming a pid that is now someone else's.
+
+    Seen on real pods: Dovecot 2.3 refused to start for ever ("Dovecot is already running with PID 8") because
+    pid 8 of the new pod's pid namespace was alive, and the restarted master never came back as replica.
+    Cyrus's master starts regardless; the agent removes the stale file for both.
+    """
+    a = pair_factory(request, backend)(users=2, roles=("master", "replica")).a
+    await _start(a)
+    assert a.stop() == 0
+    pid_file = a.data_dir / "run" / "master.pid"
+    unrelated = await asyncio.create_subprocess_exec("sleep", "300")
+    try:
+        pid_file.write_text(f"{unrelated.pid}\n")
+        a.start()
+        status = await a.wait_status(
+            lambda s: s["daemonUp"] and s["daemon"]["restarts"] == 0, what="the daemon up at its first start"
+        )
+        assert status["daemon"]["pid"] != unrelated.pid
+        assert unrelated.returncode is None, "an unrelated process named by a stale pid file was killed"
+        assert "removing the stale pid file" in logged(a)
+        assert port_open(a.ports["lmtp"])
+    finally:
+        unrelated.kill()
+        await unrelated.wait()
+
+
 async def test_crashed_daemon_is_restarted(make_pair: PairFactory) -> None:
     pair = make_pair(users=2)
     a = pair.a

@@ -123,19 +123,34 @@ class DaemonSupervisor:
         await proc.wait()
 
     def _kill_stale(self) -> None:
-        """A daemon left over from a crashed agent holds the pid file and the ports: end it."""
+        """Before a start: end a daemon a crashed agent left, and remove the pid file of any earlier run.
+
+        The pid file lives on the mail volume, so it outlives the pod. In a new pod (a new pid namespace) the
+        pid it names may belong to an unrelated process, even one of the agent's own threads, and Dovecot 2.3
+        refuses to start while that pid exists ("Dovecot is already running with PID 8"), for ever. Nothing of
+        ours runs when the supervisor starts the daemon, so whatever the file names is stale.
+        """
         try:
             pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
-            return
-        if self.argv[-1].encode() in cmdline:
+            pid = None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid is not None else []
+        except OSError:
+            cmdline = []
+        if pid is not None and self.argv[-1].encode() in cmdline:
             log.warning("stopping a stale daemon (pid %d) left by a previous agent", pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             deadline = time.monotonic() + 5
             while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
+        elif pid is not None:
+            log.info("removing the stale pid file %s (pid %d is not our daemon)", self.pid_file, pid)
+        try:
+            self.pid_file.unlink(missing_ok=True)
+        except OSError as exc:  # the daemon's own start then says what is wrong
+            log.warning("cannot remove the stale pid file %s: %s", self.pid_file, exc)
 
     async def _forward(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
