@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,32 @@ def test_manual_edits_are_reverted_and_deleted_objects_recreated(
         lambda: "DriftReverted" in {e.reason for e in events_for(api_client, namespace, "dovecot-1")},
         what="a DriftReverted Event",
     )
+
+
+def test_a_spec_change_is_announced_as_an_update_not_as_drift(
+    api_client: client.ApiClient, kubeconfig: Path, namespace: str
+) -> None:
+    """A change the operator wants (here the spec's capacity, in shard.json) is `Updated`; only edits by someone
+    else are `DriftReverted` (before, every change of a child was announced as a reverted manual change)."""
+    apply_examples(kubeconfig, namespace)
+    wait_ready(api_client, namespace, "dovecot-1")
+    core = client.CoreV1Api(api_client)
+    client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "mailshards", "dovecot-1", {"spec": {"capacity": {"mailboxes": 1500}}}
+    )
+
+    def capacity() -> int:
+        config_map = core.read_namespaced_config_map("dovecot-1-config", namespace)
+        return int(json.loads(config_map.data["shard.json"])["mailboxes"])
+
+    eventually(lambda: capacity() == 1500, what="shard.json with the new capacity")
+    updated = eventually(
+        lambda: [e for e in events_for(api_client, namespace, "dovecot-1") if e.reason == "Updated"],
+        what="an Updated Event",
+    )
+    assert any("ConfigMap/dovecot-1-config" in event.message for event in updated), [e.message for e in updated]
+    reasons = {e.reason for e in events_for(api_client, namespace, "dovecot-1")}
+    assert "DriftReverted" not in reasons, reasons
 
 
 def test_deletion_keeps_or_deletes_volumes_per_reclaim_policy(

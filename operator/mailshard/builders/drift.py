@@ -7,14 +7,58 @@ subset test: every field we set must be there with an equal value; fields we
 do not set are none of our business. Two normalisations keep the server's
 canonical forms from looking like drift: quantities compare by value ("0.5"
 equals "500m"), and an absent field equals an empty one.
+
+A live object that differs is either drift (someone edited it) or a change
+we want (a failover moved the master, the spec changed). Only drift deserves
+the `DriftReverted` Event, so each applied object carries a stamp of the
+manifest it was applied from (`APPLIED_ANNOTATION`, `stamped`): a live object
+whose stamp is that of the manifest we want now was changed by someone else.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mailshard.api.quantity import is_quantity, parse_quantity
+
+APPLIED_ANNOTATION = "mailshard.io/applied"
+"""On every child the operator applies: a digest of the manifest it applied (see `stamped`)."""
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """A short digest of a builder's manifest, its own stamp left out."""
+    unstamped = copy.deepcopy(dict(manifest))
+    annotations = (unstamped.get("metadata") or {}).get("annotations")
+    if isinstance(annotations, dict):
+        annotations.pop(APPLIED_ANNOTATION, None)
+        if not annotations:  # `stamped` added the annotations only for the stamp
+            del unstamped["metadata"]["annotations"]
+    canonical = json.dumps(unstamped, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def stamped(manifest: Mapping[str, Any], digest: str | None = None) -> dict[str, Any]:
+    """`manifest` with `APPLIED_ANNOTATION` set to `digest`, by default its own.
+
+    Pass the builder's digest when the manifest applied is the builder's adjusted to the live object (fields
+    the API forbids changing): the stamp then names what we wanted, not what the server had defaulted.
+    """
+    result = copy.deepcopy(dict(manifest))
+    metadata = result.setdefault("metadata", {})
+    stamp = digest if digest is not None else manifest_digest(manifest)
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), APPLIED_ANNOTATION: stamp}
+    return result
+
+
+def applied_stamp(live: Mapping[str, Any]) -> str | None:
+    """The digest a live object carries, None when it carries none (created by an older operator)."""
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(APPLIED_ANNOTATION)
+    return value if isinstance(value, str) else None
 
 
 def _empty(value: Any) -> bool:

@@ -35,7 +35,7 @@ from mailshard.builders.names import proxy_name
 from mailshard.builders.proxy import build_proxy_manifests
 from mailshard.builders.routing import RoutingGaps
 from mailshard.metrics import ClusterFacts, OperatorMetrics
-from mailshard.services.children import ChildChanges, ensure_children
+from mailshard.services.children import ensure_children, report_changes
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder
 from mailshard.services.kube import KubeApi, Manifest
@@ -208,18 +208,10 @@ class ClusterReconciler:
                 raise
             # The API refused what the spec asks for (an annotation key it does not accept, say): a spec to fix.
             return f"the API refused the proxy tier: {_api_message(exc)}", _Proxies(cluster.spec.proxy.replicas, 0)
-        self._report_children(body, changes)
+        report_changes(self.events, body, changes)
         deployment = self.api.get("Deployment", proxy_name(cluster.metadata.name), cluster.metadata.namespace) or {}
         ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
         return None, _Proxies(wanted=cluster.spec.proxy.replicas, ready=ready)
-
-    def _report_children(self, body: Manifest, changes: ChildChanges) -> None:
-        if changes.created:
-            self.events.record(body, "Normal", "Created", f"created {', '.join(changes.created)}")
-        if changes.reverted:
-            self.events.record(
-                body, "Normal", "DriftReverted", f"reverted manual changes to {'; '.join(changes.reverted)}"
-            )
 
     def _report(self, body: Manifest, previous: MailClusterStatus, status: MailClusterStatus) -> None:
         """A Warning Event when the cluster becomes Stalled, or Stalled for another reason."""

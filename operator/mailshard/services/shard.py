@@ -49,7 +49,7 @@ from mailshard.builders.names import pod_name, replication_secret_name, users_se
 from mailshard.failover import FailoverPolicy
 from mailshard.failover.record import RECORD_FIELDS
 from mailshard.metrics import OperatorMetrics, ShardFacts
-from mailshard.services.children import ensure_children
+from mailshard.services.children import ChildChanges, ensure_children, report_changes
 from mailshard.services.coalescing import Coalescer
 from mailshard.services.events import EventRecorder, EventType
 from mailshard.services.kube import KubeApi, Manifest, pod_ready
@@ -128,7 +128,7 @@ class ShardReconciler:
             self._ensure_secret(shard)
             superseded = previous.superseded if previous is not None else ()
             hold = named_users and self.api.get("Secret", users_secret_name(shard.name), shard.namespace) is None
-            created, reverted = self._ensure_children(shard, master, superseded, hold_new_members=hold)
+            changes = self._ensure_children(shard, master, superseded, hold_new_members=hold)
             self._ensure_volume_sizes(shard)
             self._ensure_pod_roles(shard, routed)
             self.volumes.recover(body, shard, previous, {p["metadata"]["name"]: p for p in self._pods(shard)})
@@ -136,8 +136,8 @@ class ShardReconciler:
             status = compute_shard_status(observation, previous=previous, now=now)
         except UnactionableSpecError as failure:
             status = failed_status(previous, generation=generation, problem=failure.problem, now=now)
-            created, reverted = [], []
-        self._report(body, previous, status, created=created, reverted=reverted)
+            changes = ChildChanges()
+        self._report(body, previous, status, changes=changes)
         self._write_status(body, previous, status)
         return status
 
@@ -217,8 +217,8 @@ class ShardReconciler:
 
     def _ensure_children(
         self, shard: ResolvedShard, master: str, superseded: tuple[str, ...], *, hold_new_members: bool = False
-    ) -> tuple[list[str], list[str]]:
-        """Apply each child that is missing or differs; returns (created, reverted) descriptions.
+    ) -> ChildChanges:
+        """Apply each child that is missing or differs; returns what was created, updated and reverted.
 
         With `hold_new_members` the members' StatefulSets are not created yet (existing ones are kept as they
         are): the cluster names users, and this shard's users Secret is not written yet. The cluster's
@@ -240,7 +240,7 @@ class ShardReconciler:
                 users_secret_name(shard.name),
             )
         changes = ensure_children(self.api, shard.namespace, manifests, keep_live=_keep_immutable_fields)
-        return changes.created, changes.reverted
+        return changes
 
     def _ensure_volume_sizes(self, shard: ResolvedShard) -> None:
         """Grow member claims to the spec's size; volumeClaimTemplates themselves are immutable."""
@@ -335,14 +335,10 @@ class ShardReconciler:
         previous: MailShardStatus | None,
         status: MailShardStatus,
         *,
-        created: list[str],
-        reverted: list[str],
+        changes: ChildChanges,
     ) -> None:
-        """Events for what changed: creations, reverted drift, a new problem, a phase transition."""
-        if created:
-            self.events.record(body, "Normal", "Created", f"created {', '.join(created)}")
-        if reverted:
-            self.events.record(body, "Normal", "DriftReverted", f"reverted manual changes to {'; '.join(reverted)}")
+        """Events for what changed: children created, updated or reverted, a new problem, a phase transition."""
+        report_changes(self.events, body, changes)
         stalled = status.condition(ShardConditionType.STALLED)
         was_stalled = previous.condition(ShardConditionType.STALLED) if previous is not None else None
         if (
