@@ -201,7 +201,14 @@ def test_an_old_master_that_could_not_be_fenced_never_serves_as_master_even_cut_
         assert not answer.get("readyAsMaster"), answer
     assert answers[0]["fenced"], "fenced from its very first answer, before anyone told it"
     assert "the shard's contract says a failover superseded this master" in pair.members[A].log_tail(200)
-    # The operator demotes it, but cannot re-seed it while it cannot reach the master: it stays listed.
+    # The operator demotes it, but cannot re-seed it while it cannot reach the master: it stays listed, and the
+    # failing call is told in an Event, not only in the operator's log.
+    failed = eventually(
+        lambda: [message for _, reason, message in _events(api_client, namespace) if reason == "AgentCallFailed"],
+        timeout=30,
+        what="an AgentCallFailed Event",
+    )
+    assert any(A in message and "retrying" in message for message in failed), failed
     assert status(api_client, namespace)["master"] == B
     assert status(api_client, namespace)["superseded"] == [A]
 

@@ -169,6 +169,8 @@ class _ShardMemory:
     alarm: Problem | None = None
     polled_at: datetime | None = None
     """When both agents were last polled (the operator's clock)."""
+    failing_call: tuple[str, str | None, str | None] | None = None
+    """(action, step, member) of an agent call that failed and was not yet done since, so each is told once."""
 
 
 class FailoverMonitor:
@@ -337,7 +339,15 @@ class FailoverMonitor:
         except AgentCallError as error:
             meta = body["metadata"]
             log.warning("%s/%s: %s failed: %s", meta["namespace"], meta["name"], action.value, error)
+            # Retried at every tick; a human should see it once, not only in the operator's log.
+            call = (action.value, decision.step.value if decision.step is not None else None, member)
+            if memory.failing_call != call:
+                memory.failing_call = call
+                what = f"{action.value}" + (f" ({decision.step.value})" if decision.step is not None else "")
+                message = f"{what} on {member} failed, retrying: {error}"
+                await asyncio.to_thread(self.events.record, body, "Warning", "AgentCallFailed", message)
             return False
+        memory.failing_call = None
         await asyncio.to_thread(self._tell, body, memory, decision)
         return True
 
