@@ -186,7 +186,29 @@ class Platform:
         try:
             return eventually(check, timeout=timeout, what=what)
         except AssertionError as error:
-            raise AssertionError(f"{error}\n{self.explain(shard)}\n{describe(self)}") from None
+            raise AssertionError(f"{error}\n{self.explain(shard)}\n{describe(self)}\n{self.log_tails(shard)}") from None
+
+    def log_tails(self, shard: str, lines: int = 30) -> str:
+        """What the shard's members logged as problems, and what the operator's own code logged: the story of a
+        failure that the status and Events do not tell (a call that failed, a step retried)."""
+        problem = ("WARNING", "ERROR", "Error", "Fatal", "panic", "refused", "failed")
+        operator = self.core.list_namespaced_pod(OPERATOR_NAMESPACE).items
+        pods = [(self.namespace, f"{shard}-{member}-0", "mail") for member in ("a", "b")]
+        pods += [(OPERATOR_NAMESPACE, pod.metadata.name, None) for pod in operator]
+        found = []
+        for namespace, pod, container in pods:
+            try:
+                text = self.core.read_namespaced_pod_log(pod, namespace, container=container, tail_lines=3000)
+            except client.ApiException as exc:
+                found.append(f"log of {pod}: {exc.reason}")
+                continue
+            if namespace == OPERATOR_NAMESPACE:  # our loggers, about this shard
+                kept = [line for line in text.splitlines() if "] mailshard." in line and f"/{shard}" in line]
+            else:
+                kept = [line for line in text.splitlines() if any(word in line for word in problem)]
+            found.append(f"log of {pod} (last {min(len(kept), lines)} of {len(kept)} lines kept):")
+            found += [f"  {line[:300]}" for line in kept[-lines:]]
+        return "\n".join(found)
 
     def inventory(self, host: str, users: list[str]) -> dict[str, Any]:
         """Per user: UIDVALIDITY and UID → Message-ID of INBOX, read over IMAP at `host`."""
