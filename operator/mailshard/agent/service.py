@@ -113,7 +113,20 @@ JOURNAL_TIMEOUT = 5.0
 RESEED_PARALLEL = 4
 RESEED_ATTEMPTS = 3
 RESEED_ATTEMPT_SECONDS = 15.0
-"""One user's re-seed attempt; a returning old master only pulls its difference, which takes well under a second."""
+"""One user's first re-seed attempt; a returning old master only pulls its difference, which takes well under a
+second, so a first attempt this long has stalled (see `_pull_all_users`)."""
+
+
+def reseed_attempt_seconds(attempt: int) -> float:
+    """The bound of one user's re-seed attempt: 15 s, then 60 s, then 240 s.
+
+    The later attempts copy the user whole (its copy set aside), which for a mailbox of thousands of messages on
+    a loaded machine takes longer than a stalled incremental attempt may; a fixed 15 s failed every whole copy in
+    CI while the master took mail, and the re-seed never finished.
+    """
+    return float(RESEED_ATTEMPT_SECONDS * 4 ** max(attempt - 1, 0))
+
+
 SYSLOG_SOCKET = "syslog"
 """The socket in the run directory that Cyrus's syslog lines are sent to (``daemonlog``)."""
 PUSH_SECONDS = 3600.0
@@ -920,7 +933,7 @@ class Agent:
             async with limit:
                 for attempt in range(1, RESEED_ATTEMPTS + 1):
                     try:
-                        await self.doveadm.pull_user(user, peer, within=RESEED_ATTEMPT_SECONDS)
+                        await self.doveadm.pull_user(user, peer, within=reseed_attempt_seconds(attempt))
                     except DoveadmError as exc:
                         error = exc
                         log.warning("re-seed of %s, attempt %d of %d: %s", user, attempt, RESEED_ATTEMPTS, exc)

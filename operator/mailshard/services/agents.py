@@ -21,6 +21,12 @@ STATUS_TIMEOUT_SECONDS = 0.8
 ACTION_TIMEOUT_SECONDS = 60.0
 """Promote and fence restart the mail daemon and wait for it; Cyrus takes a few seconds."""
 
+RESEED_TIMEOUT_SECONDS = 600.0
+"""A re-seed copies what the member lacks, a whole user when its copy had to be set aside, while the master
+takes mail: minutes under load. With the action bound, a re-seed in CI outlived every call, each retry waited
+behind the one before, and a switchover stayed unfinished for 476 s; the agent bounds each user's attempts
+itself (`mailshard.agent.service.reseed_attempt_seconds`), so this only guards against an agent that hangs."""
+
 
 def uidnext_body(plan: UidNextPlan) -> dict[str, Any]:
     """The `POST /uidnext` body that carries out a RaiseUidNext plan (see `mailshard.agent.http`)."""
@@ -58,9 +64,10 @@ class AgentClient:
         return await self._call("GET", address, "/status", token, limit=STATUS_TIMEOUT_SECONDS)
 
     async def act(self, address: str, token: str, action: str, *, force: bool = False) -> Any:
-        """POST /promote, /demote, /fence or /unfence."""
+        """POST /promote, /demote, /fence, /unfence, /replay or /reseed."""
         path = f"/{action}" + ("?force=true" if force else "")
-        return await self._call("POST", address, path, token, limit=ACTION_TIMEOUT_SECONDS)
+        limit = RESEED_TIMEOUT_SECONDS if action == "reseed" else ACTION_TIMEOUT_SECONDS
+        return await self._call("POST", address, path, token, limit=limit)
 
     async def raise_uidnext(self, address: str, token: str, plan: UidNextPlan) -> Any:
         body = uidnext_body(plan)
