@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mailshard.builders.drift import APPLIED_ANNOTATION, applied_stamp, manifest_digest, stamped
-from mailshard.services.children import ensure_children
+from mailshard.services.children import ChildChanges, ensure_children
 
 pytestmark = pytest.mark.unit
 
@@ -36,6 +36,11 @@ class Store:
         return manifest
 
 
+def ensure(store: Store, manifest: Manifest, **kwargs: Any) -> ChildChanges:
+    """`ensure_children` of one manifest against the in-memory store."""
+    return ensure_children(store, "ns", [manifest], **kwargs)  # type: ignore[arg-type]
+
+
 def test_the_stamp_is_a_digest_of_the_manifest_without_the_stamp() -> None:
     wanted = config_map("a")
     stamp = stamped(wanted)
@@ -47,10 +52,10 @@ def test_the_stamp_is_a_digest_of_the_manifest_without_the_stamp() -> None:
 
 def test_created_then_left_alone_then_updated_when_we_want_a_change() -> None:
     store = Store()
-    assert ensure_children(store, "ns", [config_map("a")]).created == ["ConfigMap/c"]  # type: ignore[arg-type]
-    unchanged = ensure_children(store, "ns", [config_map("a")])  # type: ignore[arg-type]
+    assert ensure(store, config_map("a")).created == ["ConfigMap/c"]
+    unchanged = ensure(store, config_map("a"))
     assert (unchanged.created, unchanged.updated, unchanged.reverted, store.applied) == ([], [], [], 1)
-    changes = ensure_children(store, "ns", [config_map("b")])  # type: ignore[arg-type]
+    changes = ensure(store, config_map("b"))
     assert changes.updated == ["ConfigMap/c (.data.k)"]
     assert changes.reverted == []
     assert store.objects[("ConfigMap", "c")]["data"] == {"k": "b"}
@@ -58,9 +63,9 @@ def test_created_then_left_alone_then_updated_when_we_want_a_change() -> None:
 
 def test_an_edit_by_someone_else_is_reverted_drift() -> None:
     store = Store()
-    ensure_children(store, "ns", [config_map("a")])  # type: ignore[arg-type]
+    ensure(store, config_map("a"))
     store.objects[("ConfigMap", "c")]["data"]["k"] = "edited by hand"
-    changes = ensure_children(store, "ns", [config_map("a")])  # type: ignore[arg-type]
+    changes = ensure(store, config_map("a"))
     assert changes.reverted == ["ConfigMap/c (.data.k)"]
     assert changes.updated == []
     assert store.objects[("ConfigMap", "c")]["data"] == {"k": "a"}
@@ -69,10 +74,10 @@ def test_an_edit_by_someone_else_is_reverted_drift() -> None:
 def test_an_object_an_older_operator_applied_is_updated_once() -> None:
     store = Store()
     store.apply(config_map("a"))  # no stamp: applied before stamps existed
-    changes = ensure_children(store, "ns", [config_map("a")])  # type: ignore[arg-type]
+    changes = ensure(store, config_map("a"))
     assert changes.updated == ["ConfigMap/c (.metadata.annotations)"]
     assert changes.reverted == []
-    again = ensure_children(store, "ns", [config_map("a")])  # type: ignore[arg-type]
+    again = ensure(store, config_map("a"))
     assert (again.updated, again.reverted) == ([], [])
 
 
@@ -88,7 +93,7 @@ def test_fields_kept_from_the_live_object_do_not_change_the_stamp() -> None:
         return manifest
 
     store = Store()
-    ensure_children(store, "ns", [built()], keep_live=keep_live)  # type: ignore[arg-type]
+    ensure(store, built(), keep_live=keep_live)
     store.objects[("ConfigMap", "c")]["data"]["immutable"] = "as the server defaulted it"
-    again = ensure_children(store, "ns", [built()], keep_live=keep_live)  # type: ignore[arg-type]
+    again = ensure(store, built(), keep_live=keep_live)
     assert (again.created, again.updated, again.reverted, store.applied) == ([], [], [], 1)
