@@ -17,7 +17,6 @@ whose stamp is that of the manifest we want now was changed by someone else.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -31,13 +30,16 @@ APPLIED_ANNOTATION = "mailshard.io/applied"
 
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
     """A short digest of a builder's manifest, its own stamp left out."""
-    unstamped = copy.deepcopy(dict(manifest))
-    annotations = (unstamped.get("metadata") or {}).get("annotations")
-    if isinstance(annotations, dict):
-        annotations.pop(APPLIED_ANNOTATION, None)
-        if not annotations:  # `stamped` added the annotations only for the stamp
-            del unstamped["metadata"]["annotations"]
-    canonical = json.dumps(unstamped, sort_keys=True, separators=(",", ":"), default=str)
+    metadata = manifest.get("metadata") or {}
+    annotations = metadata.get("annotations")
+    if isinstance(annotations, Mapping) and APPLIED_ANNOTATION in annotations:
+        # Only the two levels on the way to the stamp are copied: this runs for every child at every reconcile.
+        rest = {key: value for key, value in annotations.items() if key != APPLIED_ANNOTATION}
+        trimmed = {key: value for key, value in metadata.items() if key != "annotations" or rest}
+        if rest:
+            trimmed["annotations"] = rest
+        manifest = {**manifest, "metadata": trimmed}
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -45,13 +47,13 @@ def stamped(manifest: Mapping[str, Any], digest: str | None = None) -> dict[str,
     """`manifest` with `APPLIED_ANNOTATION` set to `digest`, by default its own.
 
     Pass the builder's digest when the manifest applied is the builder's adjusted to the live object (fields
-    the API forbids changing): the stamp then names what we wanted, not what the server had defaulted.
+    the API forbids changing): the stamp then names what we wanted, not what the server had defaulted. The
+    manifest given is not changed; only the levels on the way to the stamp are copied.
     """
-    result = copy.deepcopy(dict(manifest))
-    metadata = result.setdefault("metadata", {})
+    metadata = manifest.get("metadata") or {}
     stamp = digest if digest is not None else manifest_digest(manifest)
-    metadata["annotations"] = {**(metadata.get("annotations") or {}), APPLIED_ANNOTATION: stamp}
-    return result
+    annotations = {**(metadata.get("annotations") or {}), APPLIED_ANNOTATION: stamp}
+    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
 
 
 def applied_stamp(live: Mapping[str, Any]) -> str | None:
