@@ -340,10 +340,10 @@ class FailoverMonitor:
             meta = body["metadata"]
             log.warning("%s/%s: %s failed: %s", meta["namespace"], meta["name"], action.value, error)
             # Retried at every tick; a human should see it once, not only in the operator's log.
-            call = (action.value, decision.step.value if decision.step is not None else None, member)
-            if memory.failing_call != call:
-                memory.failing_call = call
-                what = f"{action.value}" + (f" ({decision.step.value})" if decision.step is not None else "")
+            step = decision.step.value if decision.step is not None else None
+            if memory.failing_call != (action.value, step, member):
+                memory.failing_call = (action.value, step, member)
+                what = action.value + (f" ({step})" if step is not None else "")
                 message = f"{what} on {member} failed, retrying: {error}"
                 await asyncio.to_thread(self.events.record, body, "Warning", "AgentCallFailed", message)
             return False
