@@ -22,8 +22,13 @@ new replica (`lastFailover.replicaInSyncAt`), and be Healthy after that.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import smtplib
+import subprocess
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ from pair_support import SHARD, A, B, condition, route, set_pod_ready, shard, st
 
 from mailshard.api.constants import SHARD_CONFIG_KEY
 from mailshard.api.routing import ShardState
+from mailshard.api.runtime import ShardRuntimeConfig
 from mailshard.builders.names import config_map_name, pod_name
 from mailshard_harness import local_agents
 
@@ -221,14 +227,38 @@ def test_an_old_master_that_could_not_be_fenced_never_serves_as_master_even_cut_
 
 
 def _slow_to_promote(kubeconfig: Path, namespace: str) -> None:
-    """A lag bound of 3 s and a delay of 4 s: once the master is dead that long, nobody can vouch for the replica."""
+    """A lag bound of 3 s and a delay of 4 s."""
     patch = {"spec": {"replication": {"maxLagSeconds": 3}, "failover": {"delaySeconds": 4}}}
     kubectl(kubeconfig, "patch", "-n", namespace, "mailshard", SHARD, "--type=merge", "-p", json.dumps(patch))
+
+
+@contextlib.contextmanager
+def _replication_cut(member: local_agents.LocalMember, port: int) -> Iterator[None]:
+    """Refuses every connection to `member`'s replication listener (its doveadm server): the master's dsync cannot
+    reach it, while both agents still answer and report, so the replica's lag grows as it would in a real
+    partition of the replication link. Refused rather than dropped, so that nobody waits on a timeout."""
+    if shutil.which("iptables") is None:
+        pytest.fail("iptables is needed to cut the replication link: .ci/install-mail-deps installs it")
+    rule = ["INPUT", "-d", f"{member.ip}/32", "-p", "tcp", "--dport", str(port), "-j", "REJECT"]
+    subprocess.run(["iptables", "-w", "-I", *rule, "--reject-with", "tcp-reset"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-w", "-D", *rule, "--reject-with", "tcp-reset"], check=False)
+
+
+def _deliver(member: local_agents.LocalMember, users: list[str], tag: str) -> None:
+    with smtplib.LMTP(member.ip, local_agents.LOCAL_MAIL_PORTS["lmtp"], timeout=30) as lmtp:
+        for n, user in enumerate(users):
+            message = f"From: t@example.test\r\nTo: {user}\r\nMessage-ID: <{tag}.{n}@x>\r\n\r\n{tag}\r\n"
+            lmtp.sendmail("t@example.test", [user], message.encode())
 
 
 def test_a_replica_too_far_behind_is_not_promoted_a_human_is_told_what_to_do_and_can_force_it(
     api_client: client.ApiClient, kubeconfig: Path, namespace: str, pair: local_agents.LocalPair
 ) -> None:
+    """The replication link is cut while the master takes mail, and the master dies once the replica is 3 s
+    behind by its own count: it lacks mail the master acknowledged, so promoting it is a human's call."""
     _slow_to_promote(kubeconfig, namespace)
     eventually(
         lambda: (
@@ -237,13 +267,27 @@ def test_a_replica_too_far_behind_is_not_promoted_a_human_is_told_what_to_do_and
         ),
         what="the pair healthy under the tighter lag bound",
     )
-    pair.members[A].kill()
+    port = ShardRuntimeConfig.model_validate(_contract(api_client, namespace)).ports.replication
+    with _replication_cut(pair.members[B], port):
+        _deliver(pair.members[A], sorted(pair.users), "unreplicated")
 
-    def alarm() -> Any:
-        stalled = condition(api_client, namespace, "Stalled")
-        return stalled if stalled.get("status") == "True" and FORCE in stalled.get("message", "") else None
+        def replica_lag() -> float:
+            lag = ((pair.members[B].agent_status() or {}).get("replication") or {}).get("lagSeconds")
+            return float(lag) if lag is not None else 0.0
 
-    stalled: dict[str, Any] = eventually(alarm, timeout=30, what="a Stalled condition telling a human what to do")
+        eventually(lambda: replica_lag() > 3.5, timeout=30, what="the replica's own lag past the 3 s bound")
+        eventually(
+            lambda: (status(api_client, namespace).get("lagSeconds") or 0) > 3,
+            timeout=10,
+            what="the operator shown that lag",
+        )
+        pair.members[A].kill()
+
+        def alarm() -> Any:
+            stalled = condition(api_client, namespace, "Stalled")
+            return stalled if stalled.get("status") == "True" and FORCE in stalled.get("message", "") else None
+
+        stalled: dict[str, Any] = eventually(alarm, timeout=30, what="a Stalled condition telling a human what to do")
     assert stalled["reason"] == "MasterDown", stalled
     message = stalled["message"]
     assert "not promoting dovecot-1-b" in message

@@ -289,7 +289,7 @@ def _master_down(facts: ShardFacts, finding: Finding, record: RecordedState) -> 
         remaining = _seconds(promote_at - now)
         why = f"{finding.reason}; promoting {target} in {remaining:.1f}s unless the master comes back"
         return decision(action, why, recheck=min(remaining, policy.poll_interval_seconds))
-    refusal = promotion_refusal(facts, finding, target)
+    refusal = promotion_refusal(facts, finding, target, master_stopped_at=record.failing_since)
     if refusal is not None:
         if finding.of(target).liveness is Liveness.SUSPECT:
             return decision(Action.WAIT, f"{finding.reason}; not promoting {target}: {refusal}", recheck=_poll(facts))
@@ -311,8 +311,17 @@ def _master_down(facts: ShardFacts, finding: Finding, record: RecordedState) -> 
     return decision(Action.START_FAILOVER, why, recheck=0.0, rec=started)
 
 
-def promotion_refusal(facts: ShardFacts, finding: Finding, target: str) -> str | None:
-    """Why `target` must not be promoted automatically now, or None if it may be."""
+def promotion_refusal(
+    facts: ShardFacts, finding: Finding, target: str, *, master_stopped_at: datetime | None = None
+) -> str | None:
+    """Why `target` must not be promoted automatically now, or None if it may be.
+
+    `master_stopped_at`: since when the master has been down (`failing_since`). It took no mail after that (it
+    serves through the master Service, which drops a pod that is not ready or gone), so the replica cannot fall
+    further behind it: its lag is bounded at that moment, not now. Bounded now, a replica in sync when the master
+    died looked a second further behind with every second of the failover delay, and an operator restarted
+    during the delay, with no lag sample of its own, refused to promote it (seen in the e2e tier).
+    """
     health = finding.of(target)
     if not health.up:
         return f"it is not up ({health.reason})"
@@ -320,7 +329,8 @@ def promotion_refusal(facts: ShardFacts, finding: Finding, target: str) -> str |
     report = fresh_report(member, health)
     if report is None or report.fenced:
         return "it is fenced"
-    lag = lag_bound(member, facts.now, resolution=facts.policy.poll_interval_seconds)
+    at = facts.now if master_stopped_at is None else min(facts.now, master_stopped_at)
+    lag = lag_bound(member, at, resolution=facts.policy.poll_interval_seconds)
     if lag is None:
         return "its replication lag is unknown, so the mail it lacks cannot be bounded"
     if lag > facts.policy.max_lag_seconds:
