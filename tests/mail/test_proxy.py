@@ -18,6 +18,7 @@ import contextlib
 import imaplib
 import poplib
 import smtplib
+import socket
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -234,6 +235,36 @@ def test_the_proxy_carries_more_open_sessions_than_one_login_process_each_would_
             with contextlib.suppress(OSError, imaplib.IMAP4.error):
                 client.logout()
     assert len(sessions) == CROWD
+
+
+class _FromAddress(imaplib.IMAP4):
+    """An IMAP client connecting from a chosen loopback address: one of a user's devices."""
+
+    def __init__(self, source: str, port: int) -> None:
+        self.source = source
+        super().__init__("127.0.0.1", port, timeout=10)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
+
+
+def test_one_user_may_keep_more_sessions_than_dovecots_per_ip_default_through_the_proxy(tier: Tier) -> None:
+    """Every session reaches a backend from the proxy's address. Dovecot's default of 10 IMAP sessions per user
+    and address must count the user's devices (here 3 addresses, 5 sessions each), not the proxy: otherwise a
+    shared mailbox refuses its eleventh reader."""
+    user = tier.user_of("s1")
+    sessions: list[imaplib.IMAP4] = []
+    try:
+        for n in range(15):
+            client = _FromAddress(f"127.0.0.{11 + n % 3}", tier.proxy.ports["imap"])
+            sessions.append(client)
+            client.login(user, tier.passwords[user])
+            assert client.select("INBOX")[0] == "OK"
+        assert all(client.noop()[0] == "OK" for client in sessions)
+    finally:
+        for client in sessions:
+            with contextlib.suppress(OSError, imaplib.IMAP4.error):
+                client.logout()
 
 
 def test_a_route_change_moves_the_next_login(tier: Tier) -> None:

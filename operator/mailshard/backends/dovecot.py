@@ -83,6 +83,32 @@ CONF_FILE = "dovecot.conf"
 LMTP_SOCKET = "lmtp"
 """The daemon's own LMTP, a unix socket in ``base_dir``: the member's LMTP port is the agent's journaling front."""
 SECRETS_FILE = "doveadm-password.conf"
+TRUSTED_PROXY_NETWORKS = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "fc00::/7",
+    "::1/128",
+)
+"""Where the proxy tier may connect from: private address space, in which pod networks live.
+
+Why: behind the proxy every session reaches the backend from the proxy pod's address, and Dovecot allows 10
+IMAP sessions per user and address (``mail_max_userip_connections``). Without the client's own address a
+user's phone, laptop and webmail counted together, and a shared mailbox refused its eleventh reader (measured:
+``[LIMIT] Maximum number of connections from user+IP exceeded``). A host in these networks can claim any
+originating address; it changes logs and per-address limits only (the backend verifies every password).
+"""
+INBOUND_DOVEADM_SERVICE = "doveadm-inbound"
+"""The service that owns the member's replication port: the doveadm server its peer's dsync connects to.
+
+Not Dovecot's own ``doveadm`` service, which also runs the replicator's outgoing dsync. While the peer cannot
+be reached (fenced, restarting) each of those dies at once, and Dovecot throttles a service whose processes die
+before they report in ("command startup failed, throttling", doubling up to a minute). With the port in that
+service, the peer's re-seed, which pulls through it, waited behind the throttle: every pull timed out and a
+switchover's rejoin stalled for minutes in the e2e tier.
+"""
 
 # Services whose built-in default chroots; chroot needs root, so non-root mode blanks them all.
 _CHROOTED_SERVICES = (
@@ -196,6 +222,9 @@ def render_dovecot(
         "ssl = no",
         "disable_plaintext_auth = no",
         "auth_mechanisms = plain login",
+        "# Clients come through the proxy tier, which forwards each one's own address (IMAP ID x-originating-ip).",
+        "# Honoured only from these networks, so that per-client limits count clients, not the proxy pod.",
+        f"login_trusted_networks = {' '.join(TRUSTED_PROXY_NETWORKS)}",
         "",
         f"mail_home = {_quote(str(paths.mail_dir) + '/%Lu')}",
         "mail_location = maildir:~/Maildir",
@@ -249,14 +278,23 @@ def render_dovecot(
         "}",
     ]
 
-    # doveadm: always the local socket (status); over TCP only while replication may flow in.
-    lines += ["service doveadm {"]
+    # doveadm: always the local socket (status, and the replicator's outgoing dsync); over TCP only while
+    # replication may flow in, from a service of its own (see INBOUND_DOVEADM_SERVICE).
+    lines += ["service doveadm {", "}"]
     if receiving:
-        lines += ["  inet_listener {", f"    port = {config.ports.doveadm}", "  }"]
+        lines += [
+            f"service {INBOUND_DOVEADM_SERVICE} {{",
+            "  executable = doveadm-server",
+            "  extra_groups = $default_internal_group",
+            "  inet_listener {",
+            f"    port = {config.ports.doveadm}",
+            "  }",
+            "}",
+        ]
     secrets = str(paths.conf_dir / SECRETS_FILE)
     if any(char.isspace() for char in secrets):
         raise ValueError(f"the configuration directory must not contain whitespace: {secrets!r}")
-    lines += ["}", f"!include {secrets}"]
+    lines += [f"!include {secrets}"]
 
     if pushing:
         assert config.peer is not None
