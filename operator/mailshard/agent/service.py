@@ -488,7 +488,9 @@ class Agent:
             if self.config is None:
                 return 409, {"error": f"cannot {action}: {self.config_error}", "status": self.status()}
             peer_mode = None
-            if action is Action.PROMOTE and self.config.peer is not None:
+            if action is Action.PROMOTE and self.config.peer is not None and not force:
+                # Forced, the peer's mode does not matter (the operator knows it is gone or fenced); asking a
+                # dead peer would only add its timeout to the failover.
                 await self._observe_peer()
                 peer_mode = self._peer_mode() if self.peer_error is None else None
             decision = decide_action(action, self.member, peer_mode=peer_mode, force=force)
@@ -519,7 +521,7 @@ class Agent:
                 await self._wait_up(within=20)
                 await self._sync_front()
                 await self._provision()
-                await self._observe()
+                await self._observe_here()
             return 200, {"result": decision.reason, "changed": decision.changes, "status": self.status()}
 
     async def raise_uidnext(
@@ -542,7 +544,7 @@ class Agent:
         async with self._lock:
             if self.member.mode is not ServingMode.MASTER or not self.supervisor.up:
                 return 409, {"error": f"only a running master raises UIDNEXT (this member is {self.mode.value})"}
-            await self._observe()  # the mailboxes as they are now, not as of the last poll
+            await self._observe_here()  # the mailboxes as they are now, not as of the last poll
             current = {f"{state.user}/{state.mailbox}": state for state in self.mailboxes}
             raise_to = {key: floor for key, floor in floors.items() if key in current and key.partition("/")[2]}
             applied = len(raise_to)
@@ -559,7 +561,7 @@ class Agent:
                 else:
                     not_kept.append(_not_kept(key, new, state.uidvalidity, "it exists here under another UIDVALIDITY"))
             failures = await self._apply_uidnext(raise_to, missing, current)
-            await self._observe()
+            await self._observe_here()
             after = {f"{state.user}/{state.mailbox}": state for state in self.mailboxes}
             created = []
             for key, new in missing.items():
@@ -733,7 +735,7 @@ class Agent:
             present, failures = await self._journal_presence(entries)
             replayed, already, more_failures = await self._deliver_missing(entries, present)
             failures += more_failures
-            await self._observe()
+            await self._observe_here()
             summary = {"entries": len(entries), "replayed": replayed, "present": already, "kept": len(self.journal)}
             if failures:
                 self.replay_error = f"journal replay incomplete: {'; '.join(failures[:3])}"
@@ -1022,7 +1024,10 @@ class Agent:
             try:
                 async with self._lock:
                     await self._follow_users()
-                    await self._observe()
+                    await self._observe_local()
+                await self._observe_remote()  # outside the lock: see its docstring
+                async with self._lock:
+                    await self._settle_observation()
             except Exception:  # one bad poll must not end observation
                 log.exception("observation failed")
             with contextlib.suppress(TimeoutError):
@@ -1065,7 +1070,8 @@ class Agent:
             usable = isinstance(observed_from, int | float) and not isinstance(observed_from, bool)
             self.peer_observed_from = float(observed_from) if usable else None
 
-    async def _observe(self) -> None:
+    async def _observe_local(self) -> None:
+        """This member's own store and replicator: local calls only, bounded by the daemon's own speed."""
         self._polls += 1
         if self.config is None:
             return
@@ -1094,8 +1100,18 @@ class Agent:
                     self.replicator_error = str(exc)
             else:
                 self.replicator_users, self.replicator_error = (), None
+
+    async def _observe_remote(self) -> None:
+        """The peer's agent and its replication listener, over the network.
+
+        A dead peer costs this up to the peer call's and the probe's timeouts (5 s when its address black-holes),
+        so it never runs under the lock, nor inside a role change or a failover step: each of those waited that
+        long in the e2e tier, one after the other (a promotion took 5 s, the UIDNEXT raise 6 s).
+        """
+        if self.config is None:
+            return
         await self._observe_peer()
-        peer = self.config.peer
+        peer, mode = self.config.peer, self.member.mode
         # Cyrus: only a master's sync client talks to the peer (a Cyrus master has no sync server to probe).
         probing = mode is ServingMode.MASTER if self.backend is Backend.CYRUS else mode is not ServingMode.FENCED
         if peer is not None and probing and self.doveadm_password is not None:
@@ -1111,6 +1127,12 @@ class Agent:
                 self.probe = probe
         else:
             self.probe = None
+
+    async def _settle_observation(self) -> None:
+        """Lag, last sync and metrics from the latest local and remote observations."""
+        if self.config is None:
+            return
+        mode, up = self.member.mode, self.supervisor.up
         now = time.time()
         self.observed_at = now
         self._update_lag(now, mode, up)
@@ -1119,6 +1141,11 @@ class Agent:
             self.last_success_sync = now - min(ages)
         await self._maybe_kick(now, mode)
         self._update_metrics()
+
+    async def _observe_here(self) -> None:
+        """What an action needs to answer with: this member's store as it is now; the peer as last seen."""
+        await self._observe_local()
+        await self._settle_observation()
 
     def _update_lag(self, now: float, mode: ServingMode, up: bool) -> None:
         sides = master_and_replica(mode, self._peer_mode() if self.peer_error is None else None)
