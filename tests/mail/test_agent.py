@@ -232,6 +232,45 @@ async def test_a_pid_file_from_an_earlier_pod_does_not_stop_the_daemon(
         await unrelated.wait()
 
 
+@pytest.mark.parametrize("backend", ["dovecot", "cyrus"])
+async def test_a_pid_file_taken_by_another_incarnation_of_the_pod_does_not_make_the_daemon_down(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A force-deleted pod's successor starts while the old containers still run on the same volume: the old
+    agent removes the pid file as stale, or the old daemon writes its own. Seen on real pods: a Cyrus master ran
+    for minutes while its agent reported it down, because the file no longer named it."""
+    a = pair_factory(request, backend)(users=2, roles=("master", "replica")).a
+    await _start(a)
+    pid_file = a.data_dir / "run" / "master.pid"
+    daemon = (await a.status())["daemon"]["pid"]
+    # The other incarnation's daemon, as this pid namespace sees its number: some unrelated process. (Not a
+    # number like 1: whoever tears the member down kills the group its pid file names.)
+    other = await asyncio.create_subprocess_exec("sleep", "300")
+    try:
+        pid_file.write_text(f"{other.pid}\n")
+        status = await a.wait_status(
+            lambda s: s["daemonUp"] and pid_file.read_text().strip() == str(daemon),
+            what="the daemon up again and the pid file naming it",
+            within=40,
+        )
+    finally:
+        pid_file.write_text(f"{daemon}\n")  # whatever happened, the teardown must find the daemon
+        other.kill()
+        await other.wait()
+    assert status["daemon"]["pid"] == daemon
+    assert status["daemon"]["restarts"] == 0, "a running daemon is not restarted for its pid file"
+    assert "another incarnation of this pod took it" in logged(a)
+    pid_file.unlink()
+    try:
+        await a.wait_status(
+            lambda s: s["daemonUp"] and pid_file.exists() and pid_file.read_text().strip() == str(daemon),
+            what="a removed pid file written again",
+            within=40,
+        )
+    finally:
+        pid_file.write_text(f"{daemon}\n")
+
+
 async def test_crashed_daemon_is_restarted(make_pair: PairFactory) -> None:
     pair = make_pair(users=2)
     a = pair.a

@@ -23,6 +23,10 @@ from pathlib import Path
 from mailshard.agent.identity import RunAs
 
 log = logging.getLogger("mailshard.agent.supervisor")
+
+PID_FILE_GRACE = 10.0
+"""Seconds a daemon may run without its pid file naming it before it counts as up anyway (see `Supervisor.up`):
+Dovecot and Cyrus write theirs within a second of starting, and die when they cannot set up their listeners."""
 daemon_log = logging.getLogger("mailshard.agent.daemon")
 
 
@@ -64,14 +68,39 @@ class DaemonSupervisor:
 
     @property
     def up(self) -> bool:
-        """The process runs and has written its pid file (Dovecot does so once its listeners are set up)."""
+        """The process runs and has written its pid file (Dovecot does so once its listeners are set up).
+
+        A daemon that has run `PID_FILE_GRACE` seconds while the file is gone or names another process is up
+        all the same, and the file is written again: another incarnation of this pod on the same volume took
+        it. That happens when a pod is force-deleted (grace period 0): the StatefulSet starts its successor at
+        once, while the kubelet is still stopping the old containers, whose agent removes the "stale" file or
+        whose daemon writes its own (seen in the e2e tier: a Cyrus master that ran for minutes, reported down,
+        its pod never ready).
+        """
         pid = self.pid
         if pid is None:
             return False
         try:
-            return int(self.pid_file.read_text().strip()) == pid
+            named: int | None = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
+            named = None
+        if named == pid:
+            return True
+        if time.monotonic() - self._spawned_at < PID_FILE_GRACE:
             return False
+        log.warning(
+            "the pid file %s names %s, not our daemon (pid %d, running for %.0fs): another incarnation of this "
+            "pod took it; writing it again",
+            self.pid_file,
+            "no process" if named is None else f"pid {named}",
+            pid,
+            time.monotonic() - self._spawned_at,
+        )
+        try:
+            self.pid_file.write_text(f"{pid}\n")
+        except OSError as exc:
+            log.warning("cannot write the pid file %s: %s", self.pid_file, exc)
+        return True
 
     @property
     def running(self) -> bool:
