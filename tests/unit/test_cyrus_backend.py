@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from unit_support import MEMBER_PATHS, member_config
 
 from mailshard.agent.cyruspreload import daemon_environment
 from mailshard.agent.cyrustools import (
@@ -19,27 +20,13 @@ from mailshard.agent.cyrustools import (
     parse_mbexamine,
 )
 from mailshard.agent.daemonlog import parse_line
-from mailshard.backends import MemberRuntimeConfig, ProcessIdentity, ServingMode
+from mailshard.backends import ProcessIdentity, ServingMode
 from mailshard.backends.cyrus import CYRUS_CONF, IMAPD_CONF, CyrusSettings, delivery_user, render_cyrus, sasl_users
-from mailshard.backends.dovecot import InstancePaths
 
 pytestmark = pytest.mark.unit
 
-PATHS = InstancePaths(
-    conf_dir=Path("/d/conf"), base_dir=Path("/d/run"), state_dir=Path("/d/state"), mail_dir=Path("/d/mail")
-)
-CONFIG = MemberRuntimeConfig.model_validate(
-    {
-        "shard": "s1",
-        "backend": "cyrus",
-        "member": "s1-a",
-        "listenAddress": "127.0.0.1",
-        "ports": {"imap": 1143, "lmtp": 1024, "doveadm": 1345, "pop3": 1110, "managesieve": 1419},
-        "peer": {"name": "s1-b", "host": "10.0.0.2", "doveadmPort": 2345},
-        "usersFile": "/secrets/users",
-        "doveadmPassword": "sync-secret",
-    }
-)
+PATHS = MEMBER_PATHS
+CONFIG = member_config("cyrus")
 
 
 def render(mode: ServingMode, *, pop3: bool = True) -> dict[str, str]:

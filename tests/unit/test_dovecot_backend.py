@@ -8,30 +8,16 @@ replicator's outgoing dsync.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from unit_support import MEMBER_PATHS, member_config
 
-from mailshard.backends import MemberRuntimeConfig, ProcessIdentity, ServingMode
-from mailshard.backends.dovecot import CONF_FILE, INBOUND_DOVEADM_SERVICE, InstancePaths, render_dovecot
+from mailshard.backends import ProcessIdentity, ServingMode
+from mailshard.backends.dovecot import CONF_FILE, INBOUND_DOVEADM_SERVICE, render_dovecot
 
 pytestmark = pytest.mark.unit
 
-PATHS = InstancePaths(
-    conf_dir=Path("/d/conf"), base_dir=Path("/d/run"), state_dir=Path("/d/state"), mail_dir=Path("/d/mail")
-)
-CONFIG = MemberRuntimeConfig.model_validate(
-    {
-        "shard": "s1",
-        "backend": "dovecot",
-        "member": "s1-a",
-        "listenAddress": "127.0.0.1",
-        "ports": {"imap": 1143, "lmtp": 1024, "doveadm": 1345, "pop3": 1110, "managesieve": 1419},
-        "peer": {"name": "s1-b", "host": "10.0.0.2", "doveadmPort": 2345},
-        "usersFile": "/secrets/users",
-        "doveadmPassword": "sync-secret",
-    }
-)
+PATHS = MEMBER_PATHS
+CONFIG = member_config("dovecot")
 
 
 def _services(mode: ServingMode) -> dict[str, str]:

@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 
 from mailshard.api import MailCluster, MailShard, ResolvedShard
+from mailshard.backends import MemberRuntimeConfig
+from mailshard.backends.dovecot import InstancePaths
 from mailshard.builders import BackendImages
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -17,6 +19,28 @@ CRDS = REPO_ROOT / "crds"
 GOLDEN = Path(__file__).parent / "golden"
 
 IMAGES = BackendImages.for_version("0.0.0-test")
+MEMBER_PATHS = InstancePaths(
+    conf_dir=Path("/d/conf"), base_dir=Path("/d/run"), state_dir=Path("/d/state"), mail_dir=Path("/d/mail")
+)
+"""Where a member's renderer puts things, for the backend renderers' tests."""
+
+
+def member_config(backend: str) -> MemberRuntimeConfig:
+    """Member s1-a of shard s1, its peer s1-b at 10.0.0.2: what a renderer gets from the agent."""
+    return MemberRuntimeConfig.model_validate(
+        {
+            "shard": "s1",
+            "backend": backend,
+            "member": "s1-a",
+            "listenAddress": "127.0.0.1",
+            "ports": {"imap": 1143, "lmtp": 1024, "doveadm": 1345, "pop3": 1110, "managesieve": 1419},
+            "peer": {"name": "s1-b", "host": "10.0.0.2", "doveadmPort": 2345},
+            "usersFile": "/secrets/users",
+            "doveadmPassword": "sync-secret",
+        }
+    )
+
+
 UID = "6f1c1a52-0000-4000-8000-000000000001"
 
 
