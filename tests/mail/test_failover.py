@@ -114,6 +114,10 @@ async def test_replicate_failover_failback(make_pair: PairFactory, record_proper
     await deliver_and_flag(pair, record_property)
     await converged(a, b, within=60)
     await both_in_sync(pair, "in-sync with lag 0")  # once converged, both agents say so, with zero lag
+    # 1,000 deliveries to 50 users: the replicator runs up to 10 dsyncs at once into the replica's
+    # replication listener, each needing a doveadm server process of its own.
+    for member in (a, b):
+        assert "can handle only a single client" not in member.log_tail(20000), f"{member.name}: dsync refused"
     assert (await a.status())["readyAsMaster"] is True
     assert (await b.status())["readyAsMaster"] is False
     for port in ("imap", "lmtp", "pop3", "managesieve"):  # the replica takes no client at all

@@ -175,6 +175,7 @@ async def test_a_member_is_reseeded_while_the_master_takes_mail_it_cannot_replic
         stream.stop()
     await converged(a, b)
     assert_nothing_lost(await asyncio.to_thread(DOVEADM.held, a, pair.users), stream.acked, stream.unacked)
+    assert "can handle only a single client" not in a.log_tail(5000), "a doveadm server took concurrent clients"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ def test_the_replication_port_has_a_service_of_its_own(mode: ServingMode) -> Non
     services = _services(mode)
     inbound = services[INBOUND_DOVEADM_SERVICE]
     assert "executable = doveadm-server" in inbound
+    # One client per process, as Dovecot's own doveadm service: a new service's default is 1,000.
+    assert "client_limit = 1\n" in inbound
+    assert "service_count = 1\n" in inbound
     assert "port = 1345" in inbound
     assert "inet_listener" not in services["doveadm"], "the replicator's own service must not own the port"
 

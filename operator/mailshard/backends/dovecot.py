@@ -286,6 +286,11 @@ def render_dovecot(
             f"service {INBOUND_DOVEADM_SERVICE} {{",
             "  executable = doveadm-server",
             "  extra_groups = $default_internal_group",
+            # As Dovecot's own doveadm service: a doveadm server takes one client per process. A new service
+            # defaults to 1,000 per process, and concurrent dsyncs failed ("doveadm server can handle only a
+            # single client"), so replication stalled (e2e tier).
+            "  client_limit = 1",
+            "  service_count = 1",
             "  inet_listener {",
             f"    port = {config.ports.doveadm}",
             "  }",
