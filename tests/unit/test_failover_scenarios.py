@@ -81,10 +81,29 @@ def test_a_dead_master_is_replaced_once_the_delay_has_passed_with_every_step_onc
     last = pair.record.last_failover
     assert last is not None
     assert (last.from_member, last.to_member, last.started) == (A, B, at(5))
-    assert last.duration_seconds == 5.0
+    assert last.duration_seconds == 5.0  # down at 0, routed to B at 5: the rejoin after it is not outage
     assert last.messages_at_risk == 3
     assert "its pod is gone" in last.reason
     assert actions(log)[-1] == (6, Action.WAIT)  # B is master now, A is gone: the replica is down
+
+
+def test_the_recorded_outage_ends_where_routing_reaches_the_new_master() -> None:
+    """`lastFailover.durationSeconds` is how long the shard had no writable master: the journal replay and the
+    old master's rejoin after the repoint (a re-seed can take minutes) are not part of it. Seen on real pods: a
+    Cyrus failover served clients again after 6.5 s and recorded 30 s."""
+    pair = healthy_pair()
+    pair.tick(-1)
+    pair.a.die()
+    pair.pause_after = FailoverStep.REPOINT_ROUTING
+    pair.run(0, 6)
+    assert pair.record.failover is not None
+    assert pair.record.failover.serving_since == at(5)
+
+    pair.tick(40)  # the rest took 35 s
+
+    last = pair.record.last_failover
+    assert last is not None
+    assert (pair.record.master, last.duration_seconds) == (B, 5.0)
 
 
 @pytest.mark.parametrize("delay", [0, 1, 5, 20])

@@ -492,7 +492,10 @@ def test_failover_in_progress(row: InProgressRow) -> None:
         assert decision.record == recorded  # fencing again is not progress
         assert decision.route_to == _routing_after(progress.completed)
     else:
-        assert decision.record.failover == replace(progress, completed=step, completed_at=T0)
+        # The outage ends where routing reaches the new master (`lastFailover.durationSeconds` counts to it).
+        serving = T0 if step is FailoverStep.REPOINT_ROUTING else progress.serving_since
+        advanced = replace(progress, completed=step, completed_at=T0, serving_since=serving)
+        assert decision.record.failover == advanced
         assert decision.route_to == _routing_after(step)
     assert (decision.uidnext_plan is not None) == (step is FailoverStep.RAISE_UIDNEXT)
 

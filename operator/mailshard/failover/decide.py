@@ -430,7 +430,9 @@ def _switchover(facts: ShardFacts, finding: Finding, record: RecordedState, want
         completed=None,
         completed_at=now,
     )
-    switching = replace(record, failover=progress)
+    # Like a failover's target: once promoted it must not start fenced after a restart because the contract
+    # still lists it from an earlier failover (the property tests found a switchover that kept it listed).
+    switching = replace(record, failover=progress, superseded=_without(record.superseded, wanted))
     why = f"switchover to {wanted} requested; draining {master} first so nothing is lost"
     return Decision(Action.DRAIN_THEN_SWITCH, why, finding.diagnosis, switching, master, 0.0, wanted)
 
@@ -512,7 +514,7 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
         plan: UidNextPlan | None = None,
         superseded: tuple[str, ...] = recorded.superseded,
     ) -> Decision:
-        done = replace(recorded, failover=replace(progress, completed=step, completed_at=now), superseded=superseded)
+        done = replace(recorded, failover=_advanced(progress, step, now), superseded=superseded)
         if step is FailoverStep.RECORD:
             done = _completed(recorded, progress, now)
         why = f"{kind} to {target}: {why}"
@@ -600,6 +602,12 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
     return run(FailoverStep.RECORD, f"{target} is master")
 
 
+def _advanced(progress: FailoverProgress, step: FailoverStep, now: datetime) -> FailoverProgress:
+    """The progress once `step` is done; the repoint also marks where the outage ended."""
+    advanced = replace(progress, completed=step, completed_at=now)
+    return replace(advanced, serving_since=now) if step is FailoverStep.REPOINT_ROUTING else advanced
+
+
 def _uidnext_plan(facts: ShardFacts, source: str, target_report: AgentReport) -> UidNextPlan:
     """The RAISE_UIDNEXT step's plan from the target's fresh summary and the last one the old master sent."""
     old_report = facts.member(source).report
@@ -613,6 +621,9 @@ def _uidnext_plan(facts: ShardFacts, source: str, target_report: AgentReport) ->
 def _completed(recorded: RecordedState, progress: FailoverProgress, now: datetime) -> RecordedState:
     """The status once a failover is over: the new master, the record of it, every timer cleared."""
     outage_from = progress.started if progress.planned else (recorded.failing_since or progress.started)
+    # The outage ends where routing reached the new master; a progress stored before that was recorded (an
+    # operator upgraded mid-failover) ends it now.
+    outage_to = progress.serving_since or now
     return RecordedState(
         master=progress.target,
         last_failover=FailoverRecord(
@@ -620,7 +631,7 @@ def _completed(recorded: RecordedState, progress: FailoverProgress, now: datetim
             to_member=progress.target,
             reason=progress.reason,
             started=progress.started,
-            duration_seconds=max(0.0, _seconds(now - outage_from)),
+            duration_seconds=max(0.0, _seconds(outage_to - outage_from)),
             messages_at_risk=progress.messages_at_risk,
             cause=progress.cause,
         ),

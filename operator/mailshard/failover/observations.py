@@ -126,6 +126,9 @@ class FailoverProgress:
     """Messages the old master had reported that the target lacked, when both summaries were known at the start."""
     forced: bool = False
     """A promotion a human forced (`FORCE_PROMOTE_ANNOTATION`): it runs even with failover disabled."""
+    serving_since: datetime | None = None
+    """When routing was pointed at the target (REPOINT_ROUTING done): where the outage ended. The old master's
+    rejoin, which follows, can take minutes (a re-seed) and is not part of it."""
 
     @property
     def cause(self) -> FailoverCause:

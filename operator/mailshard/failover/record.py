@@ -57,6 +57,7 @@ def _progress(stored: FailoverProgressStatus) -> FailoverProgress:
         completed_at=stored.completed_at,
         messages_at_risk=stored.messages_at_risk,
         forced=stored.forced,
+        serving_since=stored.serving_since,
     )
 
 
@@ -72,6 +73,7 @@ def progress_status(progress: FailoverProgress) -> FailoverProgressStatus:
             "completedStep": progress.completed,
             "completedAt": progress.completed_at,
             "messagesAtRisk": progress.messages_at_risk,
+            "servingSince": progress.serving_since,
         }
     )
 

@@ -319,6 +319,13 @@ class FailoverProgressStatus(StatusModel):
     messages_at_risk: int | None = Field(
         default=None, ge=0, description="Messages the old master had reported that the target lacked, when known."
     )
+    serving_since: datetime | None = Field(
+        default=None,
+        description=(
+            "When routing was pointed at the new master (RepointRouting): the end of the outage that "
+            "`lastFailover.durationSeconds` reports. Unset until then."
+        ),
+    )
 
     @property
     def routed_member(self) -> str | None:
