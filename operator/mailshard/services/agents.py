@@ -64,10 +64,13 @@ class AgentClient:
         return await self._call("GET", address, "/status", token, limit=STATUS_TIMEOUT_SECONDS)
 
     async def act(self, address: str, token: str, action: str, *, force: bool = False) -> Any:
-        """POST /promote, /demote, /fence, /unfence, /replay or /reseed."""
+        """POST /promote, /demote, /fence, /unfence or /replay."""
         path = f"/{action}" + ("?force=true" if force else "")
-        limit = RESEED_TIMEOUT_SECONDS if action == "reseed" else ACTION_TIMEOUT_SECONDS
-        return await self._call("POST", address, path, token, limit=limit)
+        return await self._call("POST", address, path, token, limit=ACTION_TIMEOUT_SECONDS)
+
+    async def reseed(self, address: str, token: str) -> Any:
+        """POST /reseed, with the re-seed's own bound (see `RESEED_TIMEOUT_SECONDS`)."""
+        return await self._call("POST", address, "/reseed", token, limit=RESEED_TIMEOUT_SECONDS)
 
     async def raise_uidnext(self, address: str, token: str, plan: UidNextPlan) -> Any:
         body = uidnext_body(plan)

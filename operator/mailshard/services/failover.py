@@ -141,6 +141,12 @@ class _Reach:
         address, token = self._address(member)
         return await self.agents.raise_uidnext(address, token, plan)
 
+    async def rejoin(self, member: str) -> None:
+        """Demote, then re-seed: how a member that served as master becomes a replica again."""
+        address, token = self._address(member)
+        await self.agents.act(address, token, "demote")
+        await self.agents.reseed(address, token)
+
 
 @dataclass
 class _MemberMemory:
@@ -334,8 +340,7 @@ class FailoverMonitor:
             elif action is Action.REPAIR_SPLIT_BRAIN and member is not None:
                 await reach.act(member, "fence")
             elif action is Action.RESEED_REPLICA and member is not None:
-                await reach.act(member, "demote")
-                await reach.act(member, "reseed")
+                await reach.rejoin(member)
         except AgentCallError as error:
             meta = body["metadata"]
             log.warning("%s/%s: %s failed: %s", meta["namespace"], meta["name"], action.value, error)
@@ -393,8 +398,7 @@ class FailoverMonitor:
                 )
                 await asyncio.to_thread(self.events.record, body, "Warning", "JournalNotReplayed", message)
         elif step is FailoverStep.REJOIN_OLD_MASTER:
-            await reach.act(member, "demote")
-            await reach.act(member, "reseed")
+            await reach.rejoin(member)
 
     def _tell(self, body: Manifest, memory: _ShardMemory, decision: Decision) -> None:
         """Events and metrics for what was just done."""
