@@ -204,39 +204,6 @@ def test_pop3_through_the_proxy_reaches_a_cyrus_shard(mixed_tier: Tier) -> None:
     pop3_through_the_proxy(mixed_tier, sorted(user for user, backend in expected.items() if backend == "b"))
 
 
-CROWD = 150
-"""Concurrent sessions through one proxy: more than Dovecot's default_process_limit (100) login processes."""
-
-
-@pytest.fixture
-async def crowded_tier(make_pair: PairFactory, proxy: Proxy) -> Tier:
-    # 60 users, at most 3 sessions each: the backends' per-user limit (mail_max_userip_connections, 10) is
-    # not what is measured here.
-    return await build_tier(proxy, {"a": make_pair(users=60), "b": make_pair(users=60)})
-
-
-def test_the_proxy_carries_more_open_sessions_than_one_login_process_each_would_allow(crowded_tier: Tier) -> None:
-    """A proxied session stays in its login process while the client is connected; one process per session
-    (Dovecot's default) would cap a proxy at 100 sessions per protocol and leave the 101st client hanging."""
-    tier, proxy = crowded_tier, crowded_tier.proxy
-    users = sorted(tier.passwords)
-    sessions: list[imaplib.IMAP4] = []
-    try:
-        for n in range(CROWD):
-            user = users[n % len(users)]
-            client = imaplib.IMAP4("127.0.0.1", proxy.ports["imap"], timeout=10)
-            sessions.append(client)
-            client.login(user, tier.passwords[user])
-        for client in sessions:
-            assert client.select("INBOX")[0] == "OK"
-        assert all(client.noop()[0] == "OK" for client in sessions), "every session still served"
-    finally:
-        for client in sessions:
-            with contextlib.suppress(OSError, imaplib.IMAP4.error):
-                client.logout()
-    assert len(sessions) == CROWD
-
-
 class _FromAddress(imaplib.IMAP4):
     """An IMAP client connecting from a chosen loopback address: one of a user's devices."""
 

@@ -67,16 +67,6 @@ def test_the_proxy_config_forwards_everything_and_caches_nothing() -> None:
     assert "@ROUTES@" not in lua
 
 
-def test_every_login_service_carries_many_sessions_per_process() -> None:
-    conf = render_proxy(_settings(login_processes=3, sessions_per_login_process=500))[CONF_FILE]
-    for service in ("imap-login", "pop3-login", "managesieve-login"):
-        block = conf.split(f"service {service} {{\n", 1)[1].split("\n}", 1)[0]
-        for line in ("service_count = 0", "process_min_avail = 3", "client_limit = 500"):
-            assert f"  {line}" in block.splitlines(), (service, block)
-    with pytest.raises(ValueError, match="at least one login process"):
-        render_proxy(_settings(login_processes=0))
-
-
 def test_tls_needs_both_files() -> None:
     conf = render_proxy(_settings(tls_cert=Path("/tls/tls.crt"), tls_key=Path("/tls/tls.key")))[CONF_FILE]
     assert "ssl = yes" in conf

@@ -47,15 +47,6 @@ Lua has no Unicode tables, so a login with non-ASCII bytes (whose canonical
 form needs NFC and full lower-casing) is refused with a temporary error and
 logged; for ASCII logins ``string.lower`` is exactly the canonical form.
 
-**Login processes in Dovecot's high-performance mode.** A proxied session
-lives in the login process that accepted it until the client disconnects.
-Dovecot's default, one process per connection and at most
-``default_process_limit`` (100) of them, would cap a proxy at 100 open
-sessions per protocol (measured: the 101st IMAP client got EOF instead of a
-greeting) and fork once per login. So each login service keeps
-``login_processes`` long-lived processes of ``sessions_per_login_process``
-clients each (``tests/mail/test_proxy.py`` holds 150 sessions open).
-
 **Refusals are temporary.** A user of a fenced, unready or missing shard, or
 of an unassigned slot, gets ``PASSDB_RESULT_INTERNAL_FAILURE``: IMAP answers
 ``NO [UNAVAILABLE]``, POP3 ``-ERR [SYS/TEMP]``, LMTP ``451 4.3.0``, so clients
@@ -96,7 +87,6 @@ _CHROOTED_SERVICES: Final = (
     "managesieve-login",
     "pop3-login",
 )
-_LOGIN_SERVICES: Final = ("imap-login", "managesieve-login", "pop3-login")
 
 
 @dataclass(frozen=True)
@@ -152,10 +142,6 @@ class ProxySettings:
     """Which of `PROTOCOLS` to serve; Dovecot starts no listener of the others."""
     state_dir: Path | None = None
     """Dovecot's state_dir; unset: its default, /var/lib/dovecot, which only root may write."""
-    login_processes: int = 2
-    """Login processes kept running per protocol (``process_min_avail``): one per core the proxy may use."""
-    sessions_per_login_process: int = 1000
-    """Proxied sessions one login process carries (``client_limit``); it opens two descriptors per session."""
 
 
 def _quote(value: str) -> str:
@@ -166,20 +152,6 @@ def _quote(value: str) -> str:
 
 def _listener(name: str, port: int, *, implicit_tls: bool = False) -> list[str]:
     return [f"  inet_listener {name} {{", f"    port = {port}", *(["    ssl = yes"] if implicit_tls else []), "  }"]
-
-
-def _high_performance_login(settings: ProxySettings) -> list[str]:
-    # Why: a proxied session lives in its login process for as long as the client stays connected. With
-    # Dovecot's default (service_count = 1: a process per connection, process_limit = default_process_limit
-    # = 100) a proxy holds at most 100 sessions per protocol and drops the 101st client; and every login
-    # pays a fork. Dovecot's "high-performance" login mode: long-lived processes, many clients each.
-    if settings.login_processes < 1 or settings.sessions_per_login_process < 1:
-        raise ValueError("the proxy needs at least one login process carrying at least one session")
-    return [
-        "  service_count = 0",
-        f"  process_min_avail = {settings.login_processes}",
-        f"  client_limit = {settings.sessions_per_login_process}",
-    ]
 
 
 def render_proxy(settings: ProxySettings) -> dict[str, str]:
@@ -255,8 +227,6 @@ def render_proxy(settings: ProxySettings) -> dict[str, str]:
             )
         elif service == "managesieve-login":
             extra = _listener("sieve", settings.ports.managesieve)
-        if service in _LOGIN_SERVICES:
-            extra += _high_performance_login(settings)
         lines += [f"service {service} {{", "  chroot =", *extra, "}"]
     lines += ["service lmtp {", *_listener("lmtp", settings.ports.lmtp), "}"]
     return {
