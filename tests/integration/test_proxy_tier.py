@@ -109,6 +109,8 @@ def test_edits_to_the_proxy_tier_are_reverted(api_client: client.ApiClient, kube
     apply_examples(kubeconfig, namespace)
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
     eventually(lambda: _get(apps.read_namespaced_deployment, namespace), what="the proxy Deployment")
+    # Both children exist before either is edited (the Service may be written a moment after the Deployment).
+    eventually(lambda: _get(core.read_namespaced_service, namespace), what="the proxy Service")
     apps.patch_namespaced_deployment(PROXY, namespace, {"spec": {"replicas": 5}})
     core.delete_namespaced_service(PROXY, namespace)
     eventually(
@@ -159,6 +161,9 @@ def proxy_identity(api_client: client.ApiClient, kubeconfig: Path, namespace: st
     eventually(lambda: _get(rbac.read_namespaced_role_binding, namespace), what="the RoleBinding")
     core = client.CoreV1Api(api_client)
     eventually(lambda: _get(core.read_namespaced_config_map, namespace, "demo-routing"), what="the table")
+    # The tier's other children are written in the same reconcile, but not necessarily before the table.
+    apps = client.AppsV1Api(api_client)
+    eventually(lambda: _get(apps.read_namespaced_deployment, namespace), what="the proxy Deployment")
     return service_account_kubeconfig(api_client, kubeconfig, namespace, PROXY, tmp_path / "proxy.kubeconfig")
 
 
