@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import smtplib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -42,7 +41,7 @@ from mailshard.api.constants import SHARD_CONFIG_KEY
 from mailshard.api.routing import ShardState
 from mailshard.api.runtime import ShardRuntimeConfig
 from mailshard.builders.names import config_map_name, pod_name
-from mailshard_harness import local_agents
+from mailshard_harness import local_agents, mailflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
 
@@ -247,13 +246,6 @@ def _replication_cut(member: local_agents.LocalMember, port: int) -> Iterator[No
         subprocess.run(["iptables", "-w", "-D", *rule, "--reject-with", "tcp-reset"], check=False)
 
 
-def _deliver(member: local_agents.LocalMember, users: list[str], tag: str) -> None:
-    with smtplib.LMTP(member.ip, local_agents.LOCAL_MAIL_PORTS["lmtp"], timeout=30) as lmtp:
-        for n, user in enumerate(users):
-            message = f"From: t@example.test\r\nTo: {user}\r\nMessage-ID: <{tag}.{n}@x>\r\n\r\n{tag}\r\n"
-            lmtp.sendmail("t@example.test", [user], message.encode())
-
-
 def test_a_replica_too_far_behind_is_not_promoted_a_human_is_told_what_to_do_and_can_force_it(
     api_client: client.ApiClient, kubeconfig: Path, namespace: str, pair: local_agents.LocalPair
 ) -> None:
@@ -269,7 +261,10 @@ def test_a_replica_too_far_behind_is_not_promoted_a_human_is_told_what_to_do_and
     )
     port = ShardRuntimeConfig.model_validate(_contract(api_client, namespace)).ports.replication
     with _replication_cut(pair.members[B], port):
-        _deliver(pair.members[A], sorted(pair.users), "unreplicated")
+        users = sorted(pair.users)
+        stream = mailflow.Stream(pair.members[A].ip, local_agents.LOCAL_MAIL_PORTS["lmtp"], users, "unreplicated")
+        stream.start().wait_for(len(users))
+        stream.stop()
 
         def replica_lag() -> float:
             lag = ((pair.members[B].agent_status() or {}).get("replication") or {}).get("lagSeconds")
