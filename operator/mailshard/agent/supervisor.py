@@ -23,11 +23,12 @@ from pathlib import Path
 from mailshard.agent.identity import RunAs
 
 log = logging.getLogger("mailshard.agent.supervisor")
+daemon_log = logging.getLogger("mailshard.agent.daemon")
 
 PID_FILE_GRACE = 10.0
-"""Seconds a daemon may run without its pid file naming it before it counts as up anyway (see `Supervisor.up`):
-Dovecot and Cyrus write theirs within a second of starting, and die when they cannot set up their listeners."""
-daemon_log = logging.getLogger("mailshard.agent.daemon")
+"""Seconds a daemon may run without its pid file naming it before it counts as up anyway (see
+`DaemonSupervisor.up`): Dovecot and Cyrus write theirs within a second of starting, and die when they cannot set
+up their listeners."""
 
 
 class DaemonSupervisor:

@@ -316,11 +316,13 @@ def promotion_refusal(
 ) -> str | None:
     """Why `target` must not be promoted automatically now, or None if it may be.
 
-    `master_stopped_at`: since when the master has been down (`failing_since`). It took no mail after that (it
-    serves through the master Service, which drops a pod that is not ready or gone), so the replica cannot fall
-    further behind it: its lag is bounded at that moment, not now. Bounded now, a replica in sync when the master
-    died looked a second further behind with every second of the failover delay, and an operator restarted
-    during the delay, with no lag sample of its own, refused to promote it (seen in the e2e tier).
+    `master_stopped_at`: since when the master has been down (`failing_since`). A master that is gone takes no
+    mail after that, so the replica cannot fall further behind it: its lag is bounded at that moment, not now.
+    (A master down only as the operator and its replica see it, yet still reached by the proxy, could take more;
+    the delivery journal on the replica, replayed at promotion, is what covers those, not this bound.) Bounded
+    now, a replica in sync when the master died looked a second further behind with every second of the
+    failover delay, and an operator restarted during the delay, with no lag sample of its own, refused to
+    promote it (seen in the e2e tier).
     """
     health = finding.of(target)
     if not health.up:
