@@ -368,19 +368,40 @@ def test_the_operator_restarted_mid_failover_resumes_it(platform: Platform, shar
     )
 
 
+SWITCHOVER_ANNOTATION = "mailshard.io/switchover-to"
+
+
+def request_switchover(platform: Platform, shard: str, to: str) -> None:
+    annotations = {"metadata": {"annotations": {SWITCHOVER_ANNOTATION: to}}}
+    platform.custom.patch_namespaced_custom_object(GROUP, VERSION, platform.namespace, "mailshards", shard, annotations)
+
+
+def switchover_request(platform: Platform, shard: str) -> str | None:
+    """The switchover asked for and not yet handled (the operator removes the annotation once it has)."""
+    found: str | None = (platform.shard(shard)["metadata"].get("annotations") or {}).get(SWITCHOVER_ANNOTATION)
+    return found
+
+
 @pytest.mark.parametrize("shard", ["dovecot-1", "cyrus-1"])
 def test_a_replica_that_lost_its_volume_is_reseeded_and_then_serves_everything(platform: Platform, shard: str) -> None:
-    """The replica's claim is deleted (its disk lost): it comes back on a new volume, is re-seeded from the
-    master while mail flows, and after a switchover to it every message is there with its UID."""
+    """The replica's claim is deleted (its disk lost): a switchover asked for at that moment is refused or held;
+    the member comes back on a new volume, is re-seeded from the master while mail flows, and after a switchover
+    to it every message is there with its UID."""
     eventually(lambda: is_true(platform.shard(shard), "Ready"), timeout=240, what=f"{shard} Ready")
     status = platform.shard(shard)["status"]
     master, replica = status["master"], status["replica"]
     claim = f"mail-{replica}-0"
     old_uid = platform.core.read_namespaced_persistent_volume_claim(claim, platform.namespace).metadata.uid
+    old_pod = platform.core.read_namespaced_pod(f"{replica}-0", platform.namespace).metadata.uid
     traffic = Traffic(platform, shard).start()
     lost_at = time.time()
     # Deleted under the running replica; the operator recreates its pod so that the StatefulSet makes a new claim.
     platform.core.delete_namespaced_persistent_volume_claim(claim, platform.namespace)
+    # A switchover asked for at once, to the member that is losing everything: refused, or held until that member
+    # holds all the master's mail again. (Promoted at once as "0 s behind", it emptied the shard: every message
+    # was gone, and the old master was then re-seeded from the empty store.)
+    request_switchover(platform, shard, replica)
+    platform.until(shard, lambda: switchover_request(platform, shard) is None, timeout=120, what="early one handled")
 
     def new_claim_bound() -> bool:
         found = platform.core.read_namespaced_persistent_volume_claim(claim, platform.namespace)
@@ -388,6 +409,14 @@ def test_a_replica_that_lost_its_volume_is_reseeded_and_then_serves_everything(p
 
     platform.until(shard, new_claim_bound, timeout=240, what=f"{claim} recreated on a new volume")
     traffic.stop(lost_at)
+
+    def new_pod_ready() -> bool:
+        pod = platform.core.read_namespaced_pod(f"{replica}-0", platform.namespace)
+        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        return bool(pod.metadata.uid != old_pod and ready)
+
+    # Until the operator has polled the new pod, the status still tells of the old one's volume.
+    platform.until(shard, new_pod_ready, timeout=240, what=f"{replica}'s new pod ready")
 
     # Once the re-seed has caught up (Ready says the pair serves, not that the replica has everything), a
     # switchover to the new member: the operator drains until its lag is 0, and then every message must be there.
@@ -397,14 +426,8 @@ def test_a_replica_that_lost_its_volume_is_reseeded_and_then_serves_everything(p
         timeout=300,
         what=f"{shard} Ready with the re-seeded {replica} in sync",
     )
-    platform.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        platform.namespace,
-        "mailshards",
-        shard,
-        {"metadata": {"annotations": {"mailshard.io/switchover-to": replica}}},
-    )
+    if platform.master_of(shard) != replica:
+        request_switchover(platform, shard, replica)
     platform.until(shard, lambda: platform.master_of(shard) == replica, timeout=300, what=f"{replica} master")
     switched_at = time.time()
     summary = traffic.check(lost_at)

@@ -295,6 +295,7 @@ def agent_status(
     fenced: bool = False,
     daemon_up: bool = True,
     lag: float | None = 0.4,
+    behind: int | None = 0,
     last_sync_age: float | None = 1.5,
     last_in_sync_age: float | None = 2.5,
     peer_seen_age: float | None = 0.75,
@@ -323,8 +324,8 @@ def agent_status(
             "state": "in-sync",
             "lagSeconds": lag,
             "lagDefinition": "seconds since the replica last held everything the master had",
-            "behindMailboxes": 0,
-            "divergedMailboxes": 0,
+            "behindMailboxes": behind,
+            "divergedMailboxes": None if behind is None else 0,
             "lastSuccessfulSync": before(last_sync_age),
             "lastSuccessfulSyncTimestamp": None,
             "lastInSync": before(last_in_sync_age),
@@ -358,7 +359,8 @@ def test_a_replica_answer_reads_into_the_operator_terms() -> None:
     assert answer.report.role is MemberRole.REPLICA
     assert (answer.report.fenced, answer.report.daemon_up, answer.daemon_ready_as_master) == (False, True, True)
     assert answer.report.peer_silence_seconds == 0.75
-    assert answer.lag == LagSample(seconds=0.4, measured_at=RECEIVED)
+    assert answer.lag == LagSample(seconds=0.4, measured_at=RECEIVED, in_sync=True)
+    assert not answer.lag_unbounded
     assert answer.last_in_sync == RECEIVED - timedelta(seconds=2.5)
     assert answer.last_sync == RECEIVED - timedelta(seconds=1.5)
     assert answer.report.mailboxes == (MailboxUidNext("alice/INBOX", 7, 120), MailboxUidNext("bob/Sent", 9, 4))
@@ -382,9 +384,9 @@ def test_the_role_is_master_replica_or_unknown(role: str | None, expected: Membe
 @pytest.mark.parametrize(
     ("role", "lag", "expected"),
     [
-        ("replica", 0.4, LagSample(0.4, RECEIVED)),
-        ("replica", 0, LagSample(0.0, RECEIVED)),
-        ("replica", -0.2, LagSample(0.0, RECEIVED)),
+        ("replica", 0.4, LagSample(0.4, RECEIVED, in_sync=True)),
+        ("replica", 0, LagSample(0.0, RECEIVED, in_sync=True)),
+        ("replica", -0.2, LagSample(0.0, RECEIVED, in_sync=True)),
         ("replica", None, None),
         ("master", 0.4, None),
         (None, 0.4, None),
@@ -394,6 +396,31 @@ def test_a_lag_is_kept_only_from_a_replica_measured_when_received(
     role: str | None, lag: float | None, expected: LagSample | None
 ) -> None:
     assert parse_agent_status(agent_status(role=role, lag=lag), RECEIVED).lag == expected
+
+
+@pytest.mark.parametrize(
+    ("lag", "behind", "in_sync", "unbounded"),
+    [
+        (0.0, 0, True, False),
+        # First seen behind: the lag, a lower bound, is 0 for that moment, yet the replica lacks mail.
+        (0.0, 3, False, False),
+        (4.0, 3, False, False),
+        # Behind since before the agent first compared (a replica back on an empty volume): no bound at all.
+        (None, 3, None, True),
+        # Not compared at all (its master unreachable): nothing new is known, nothing known is undone.
+        (None, None, None, False),
+        # An agent that does not count mailboxes: a lag of 0 keeps meaning what it meant.
+        (0.0, None, None, False),
+    ],
+)
+def test_a_lag_of_zero_is_not_in_sync_while_mailboxes_are_behind(
+    lag: float | None, behind: int | None, in_sync: bool | None, unbounded: bool
+) -> None:
+    answer = parse_agent_status(agent_status(lag=lag, behind=behind), RECEIVED)
+    assert (answer.lag.in_sync if answer.lag is not None else None) == in_sync
+    assert answer.lag_unbounded is unbounded
+    if answer.lag is not None:
+        assert answer.lag.caught_up is (lag == 0 and behind in (0, None))
 
 
 def test_peer_silence_is_observed_at_minus_peer_seen_at_on_the_agent_clock() -> None:

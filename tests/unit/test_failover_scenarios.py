@@ -310,12 +310,14 @@ def test_a_restarted_operator_resumes_the_failover_at_the_step_after_the_last_re
 
 
 def switchover_steps(pair: Pair) -> list[tuple[FailoverStep | None, str | None]]:
-    """Run a switchover from A to B to its end; the target reports itself caught up from t=1 on."""
+    """Run a switchover from A to B to its end; the target catches up, and says so, from t=1 on."""
     pair.tick(-1)
     pair.switchover_to = B
     for second in range(6):
         if second >= 1:
-            pair.b.lag = LagSample(0.0, at(second))
+            pair.b.lag = LagSample(0.0, at(second), in_sync=True)
+            if pair.b.role is REPLICA:
+                pair.b.mailboxes = pair.a.mailboxes
         pair.tick(second)
     return [(d.step, d.member) for d in continued(pair.log)]
 
@@ -455,6 +457,35 @@ def test_a_switchover_drains_the_master_then_swaps_the_roles() -> None:
     assert (pair.a.role, pair.a.fenced, pair.b.role) == (REPLICA, False, MASTER)
     plan = next(d.uidnext_plan for _, d in pair.log if d.step is FailoverStep.RAISE_UIDNEXT)
     assert plan == UidNextPlan(floors={"c/INBOX": 30 + POLICY.uid_gap})
+
+
+@pytest.mark.parametrize(
+    ("word", "holds"),
+    [
+        # First seen behind, the lag (a lower bound) is 0 for a moment: not in sync all the same.
+        (LagSample(0.0, at(0), in_sync=False), (MailboxUidNext("c/INBOX", 9, 30),)),
+        # In sync by its own word, yet its summary lacks what the master holds: the summaries win.
+        (LagSample(0.0, at(0), in_sync=True), (MailboxUidNext("c/INBOX", 9, 12),)),
+        # A replica back on an empty volume.
+        (LagSample(0.0, at(0), in_sync=True), ()),
+        (LagSample(0.0, at(0), in_sync=True), (MailboxUidNext("c/INBOX", 4, 30),)),
+    ],
+    ids=["lag-0-not-in-sync", "summary-behind", "empty", "other-uidvalidity"],
+)
+def test_a_switchover_never_promotes_a_target_that_lacks_mail(
+    word: LagSample, holds: tuple[MailboxUidNext, ...]
+) -> None:
+    pair = healthy_pair()
+    pair.a.mailboxes = (MailboxUidNext("c/INBOX", 9, 30),)
+    pair.tick(-1)
+    pair.switchover_to = B
+    pair.b.lag, pair.b.mailboxes = word, holds
+
+    log = pair.run(0, 32)
+
+    assert all(d.step not in (FailoverStep.DRAIN, FailoverStep.PROMOTE) for _, d in log)
+    assert first(log, Action.ABORT_FAILOVER) == 30
+    assert (pair.record.master, pair.b.role) == (A, REPLICA)
 
 
 def test_a_switchover_whose_target_never_catches_up_is_abandoned_and_the_master_kept() -> None:

@@ -31,10 +31,21 @@ because the replica keeps reaching states the master was seen in a moment
 ago; while the peer's agent is unreachable the last state it reported is used,
 so the lag keeps growing as the master moves on, which is the honest answer
 when nobody can vouch for the replica.
+
+**Unbounded.** What the replica lacks at the tracker's *first* observation
+(after the agent starts, or after a role change resets it) has no age the
+tracker can know: a replica that just came back on an empty volume lacks
+years of mail. Counting those changes from that first observation made such a
+replica report a lag of 0 and look promotable; a switchover to it was drained
+in a second, and the old master was then re-seeded from the empty store (seen
+in the e2e tier). So until the replica has reached every position the master
+held at that first observation, the lag is None: unbounded, never 0. Healthy
+replication clears that within a round.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -43,7 +54,8 @@ from mailshard.agent.observe import MailboxKey, MailboxState
 
 @dataclass(frozen=True)
 class LagReading:
-    lag_seconds: float
+    lag_seconds: float | None
+    """None while the replica still lacks something it lacked at the first observation: no bound (see above)."""
     in_sync: bool
     behind_mailboxes: int
     diverged_mailboxes: int
@@ -56,10 +68,12 @@ class LagTracker:
     max_history: int = 3600
     _behind: dict[MailboxKey, list[tuple[float, int]]] = field(default_factory=dict)
     _diverged_since: dict[MailboxKey, float] = field(default_factory=dict)
+    _observed: bool = False
 
     def reset(self) -> None:
         self._behind.clear()
         self._diverged_since.clear()
+        self._observed = False
 
     def update(
         self,
@@ -69,6 +83,9 @@ class LagTracker:
     ) -> LagReading:
         lag = 0.0
         behind = diverged = 0
+        # A difference already there at the first observation is older than anything the tracker saw.
+        first_seen = now if self._observed else -math.inf
+        self._observed = True
         for key in master.keys() | replica.keys():
             m, r = master.get(key), replica.get(key)
             if m is not None and (r is None or m.uidvalidity == r.uidvalidity):
@@ -81,7 +98,7 @@ class LagTracker:
                     self._diverged_since.pop(key, None)
                     history = self._behind.setdefault(key, [])
                     if not history or history[-1][1] < m.uidnext:
-                        history.append((now, m.uidnext))
+                        history.append((first_seen, m.uidnext))
                         if len(history) > self.max_history:
                             del history[1]  # keep the oldest: it carries the lag
                     while history and history[0][1] <= replica_next:
@@ -90,14 +107,14 @@ class LagTracker:
                     lag = max(lag, now - history[0][0])
                     continue
             self._behind.pop(key, None)
-            since = self._diverged_since.setdefault(key, now)
+            since = self._diverged_since.setdefault(key, first_seen)
             diverged += 1
             lag = max(lag, now - since)
         for gone in (self._behind.keys() | self._diverged_since.keys()) - (master.keys() | replica.keys()):
             self._behind.pop(gone, None)
             self._diverged_since.pop(gone, None)
         return LagReading(
-            lag_seconds=lag,
+            lag_seconds=lag if math.isfinite(lag) else None,
             in_sync=behind == 0 and diverged == 0,
             behind_mailboxes=behind,
             diverged_mailboxes=diverged,

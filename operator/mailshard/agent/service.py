@@ -96,7 +96,8 @@ KICK_INTERVAL = 5.0
 PROBE_EVERY = 5
 LAG_DEFINITION = (
     "age of the oldest change the replica lacks, from when it was first observed on the master "
-    "(UIDNEXT per mailbox, plus message and unseen counts); a lower bound, resolution = poll interval"
+    "(UIDNEXT per mailbox, plus message and unseen counts); a lower bound, resolution = poll interval; "
+    "null while the replica lacks something it already lacked when this agent first compared (no bound)"
 )
 """Probe the peer's doveadm server every this many polls."""
 QUICK_STOP_SECONDS = 0.2
@@ -1171,7 +1172,8 @@ class Agent:
         if self.backend is not Backend.DOVECOT:  # Cyrus's rolling sync_client retries on its own
             return
         stuck = any(user.failed for user in self.replicator_users)
-        behind = self.lag is not None and not self.lag.in_sync and self.lag.lag_seconds > KICK_INTERVAL
+        lag = self.lag
+        behind = lag is not None and not lag.in_sync and (lag.lag_seconds is None or lag.lag_seconds > KICK_INTERVAL)
         if not (stuck or behind) or now - self._last_kick < KICK_INTERVAL:
             return
         self._last_kick = now
@@ -1199,7 +1201,8 @@ class Agent:
             return
         self.metrics.daemon_up.set(1 if self.supervisor.up else 0)
         self.metrics.set_mode(self.mode)
-        self.metrics.lag.set(self.lag.lag_seconds if self.lag is not None else math.nan)
+        lag = self.lag.lag_seconds if self.lag is not None else None
+        self.metrics.lag.set(lag if lag is not None else math.nan)
         self.metrics.journal_entries.set(len(self.journal))
         if self.last_success_sync is not None:
             self.metrics.last_sync.set(self.last_success_sync)
@@ -1265,6 +1268,7 @@ class Agent:
         )
         if config is None:
             state = ReplicationState.OFF
+        lag_seconds = None if self.lag is None else self.lag.lag_seconds
         return {
             "shard": config.shard if config else None,
             "member": config.member if config else None,
@@ -1286,7 +1290,7 @@ class Agent:
             "replication": {
                 "strategy": "cyrus-rolling" if self.backend is Backend.CYRUS else ReplicationStrategy.REPLICATOR.value,
                 "state": state.value,
-                "lagSeconds": None if self.lag is None else round(self.lag.lag_seconds, 3),
+                "lagSeconds": None if lag_seconds is None else round(lag_seconds, 3),
                 "lagDefinition": LAG_DEFINITION,
                 "behindMailboxes": None if self.lag is None else self.lag.behind_mailboxes,
                 "divergedMailboxes": None if self.lag is None else self.lag.diverged_mailboxes,

@@ -28,6 +28,9 @@ class AgentAnswer:
     report: AgentReport
     lag: LagSample | None
     """The lag this member reported as a replica, if it reported one."""
+    lag_unbounded: bool
+    """The member compared itself with its master and lacks something older than its first comparison: no bound
+    on its lag, and whatever was known about its lag before no longer holds (a replica back on an empty volume)."""
     last_in_sync: datetime | None
     """When the member last held everything its master had, in the operator's clock."""
     last_sync: datetime | None
@@ -58,15 +61,19 @@ def parse_agent_status(document: Any, received_at: datetime) -> AgentAnswer:
             mailboxes=_summary(mailboxes.get("summary")),
         )
         lag_value = replication.get("lagSeconds")
+        behind = _optional_count(replication, "behindMailboxes")
+        diverged = _optional_count(replication, "divergedMailboxes")
+        in_sync = None if behind is None or diverged is None else behind == 0 and diverged == 0
         lag = None
         if lag_value is not None and role is MemberRole.REPLICA:
-            lag = LagSample(seconds=max(0.0, float(lag_value)), measured_at=received_at)
+            lag = LagSample(seconds=max(0.0, float(lag_value)), measured_at=received_at, in_sync=in_sync)
         raw_errors = document.get("errors") or []
         if not isinstance(raw_errors, list):
             raise TypeError("errors must be a list")
         return AgentAnswer(
             report=report,
             lag=lag,
+            lag_unbounded=role is MemberRole.REPLICA and lag_value is None and in_sync is False,
             last_in_sync=_anchor(received_at, _age(observed_at, _time(replication.get("lastInSync")))),
             last_sync=_anchor(received_at, _age(observed_at, _time(replication.get("lastSuccessfulSync")))),
             daemon_ready_as_master=bool(document.get("readyAsMaster")),
@@ -89,6 +96,10 @@ def _count(row: Mapping[str, Any], name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     return value
+
+
+def _optional_count(row: Mapping[str, Any], name: str) -> int | None:
+    return None if row.get(name) is None else _count(row, name)
 
 
 def _time(value: Any) -> datetime | None:

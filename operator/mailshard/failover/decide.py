@@ -559,14 +559,14 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
     if step is FailoverStep.DRAIN:
         if not source_health.up:
             return run(step, f"nothing to drain: {source_health.reason}")
-        since = progress.completed_at + timedelta(seconds=policy.poll_interval_seconds)
-        if _caught_up(facts.member(target), since):
+        missing = _still_missing(facts, progress)
+        if missing is None:
             return run(step, f"{target} holds everything {source} accepted")
         if waited >= policy.drain_timeout_seconds:
             if progress.planned:
-                return abort(f"{target} did not catch up within {waited:.0f}s; {source} stays master")
-            return run(step, f"gave up waiting {waited:.0f}s for {target} to catch up with {source}")
-        return hold(Action.WAIT, f"waiting for {target} to catch up with {source} ({waited:.0f}s so far)")
+                return abort(f"{target} did not catch up within {waited:.0f}s{missing}; {source} stays master")
+            return run(step, f"gave up waiting {waited:.0f}s for {target} to catch up with {source}{missing}")
+        return hold(Action.WAIT, f"waiting for {target} to catch up with {source} ({waited:.0f}s so far){missing}")
     if step is FailoverStep.FENCE_OLD_MASTER:
         if source_report is None:
             return run(
@@ -642,10 +642,48 @@ def _completed(recorded: RecordedState, progress: FailoverProgress, now: datetim
 
 
 def _caught_up(member: MemberFacts, since: datetime) -> bool:
-    """Whether the member was seen fully in sync after `since` (the routing fence, plus one poll to settle)."""
-    if member.lag is not None and member.lag.seconds == 0 and member.lag.measured_at >= since:
+    """Whether the member was seen fully in sync after `since` (the routing fence, plus one poll to settle).
+
+    In sync, not a lag of 0: a replica first seen behind reports 0 for that first moment (the lag is a lower
+    bound), and a replica back on an empty volume was drained in a second that way (e2e tier)."""
+    if member.lag is not None and member.lag.caught_up and member.lag.measured_at >= since:
         return True
     return member.last_in_sync is not None and member.last_in_sync >= since
+
+
+def _still_missing(facts: ShardFacts, progress: FailoverProgress) -> str | None:
+    """None once the target holds everything the source accepted; otherwise what is known to be missing.
+
+    Judged on what was observed at least a poll after the routing fence, once deliveries under way settled.
+    """
+    settled = progress.completed_at + timedelta(seconds=facts.policy.poll_interval_seconds)
+    source, target = facts.member(progress.source), facts.member(progress.target)
+    lacking = _lacking(source, target, settled)
+    if lacking:
+        return f" (it lacks mail in {len(lacking)} mailbox(es), such as {lacking[0]})"
+    return None if _caught_up(target, settled) else ""
+
+
+def _lacking(source: MemberFacts, target: MemberFacts, since: datetime) -> list[str]:
+    """The source's mailboxes the target lacks mail of, by both agents' summaries received after `since`.
+
+    Checked beside the target's own word (`_caught_up`), from what each member says it holds: a switchover
+    promotes only a member seen holding every mailbox the master has, under its UIDVALIDITY, up to its UIDNEXT.
+    Empty when either summary is missing or older than `since` (then the target's word decides alone).
+    """
+    summaries = []
+    for member in (source, target):
+        heard, report = member.last_heartbeat, member.report
+        if heard is None or heard < since or report is None or report.mailboxes is None:
+            return []
+        summaries.append(report.mailboxes)
+    held = {row.mailbox: row for row in summaries[1]}
+    lacking = []
+    for row in summaries[0]:
+        there = held.get(row.mailbox)
+        if there is None or there.uidvalidity != row.uidvalidity or there.uidnext < row.uidnext:
+            lacking.append(row.mailbox)
+    return sorted(lacking)
 
 
 # --- small helpers -----------------------------------------------------------------------------------

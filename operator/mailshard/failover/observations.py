@@ -74,10 +74,19 @@ class LagSample:
 
     seconds: float
     measured_at: datetime
+    in_sync: bool | None = None
+    """Whether the member held everything its master had (no mailbox behind or diverged); None: not reported.
+
+    Not the same as a lag of 0: the lag is a lower bound that starts at 0 when a difference is first seen."""
 
     def __post_init__(self) -> None:
         if self.seconds < 0:
             raise ValueError(f"a lag cannot be negative: {self.seconds}")
+
+    @property
+    def caught_up(self) -> bool:
+        """Whether this sample shows the member holding everything its master had."""
+        return self.in_sync if self.in_sync is not None else self.seconds == 0
 
 
 @dataclass(frozen=True)

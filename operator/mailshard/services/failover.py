@@ -97,6 +97,7 @@ class PodView:
     ready: bool
     deleting: bool
     node: str | None
+    uid: str | None = None
 
 
 def pod_view(body: Mapping[str, Any]) -> PodView:
@@ -108,6 +109,7 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         ready=pod_ready(body),
         deleting=bool(meta.get("deletionTimestamp")),
         node=(body.get("spec") or {}).get("nodeName"),
+        uid=meta.get("uid"),
     )
 
 
@@ -160,6 +162,11 @@ class _MemberMemory:
     last_error: str | None = None
     shown_lag: float | None = None
     """The lag last published for the status (`lag_to_show`)."""
+    pod_uid: str | None = None
+    """The pod the lag memory is about: a new pod may have a new, empty volume, so nothing known carries over."""
+
+    def forget_lag(self) -> None:
+        self.lag, self.last_in_sync, self.shown_lag = None, None, None
 
 
 @dataclass
@@ -301,6 +308,11 @@ class FailoverMonitor:
     async def _poll(self, memory: _ShardMemory, member: str, pod: PodView | None, port: int) -> None:
         state = memory.members.setdefault(member, _MemberMemory())
         state.polls += 1
+        if pod is not None and pod.uid != state.pod_uid:
+            # What the old pod said about its store does not bound the new pod's: its volume may be new and empty
+            # (a lost volume), and a stale "in sync 5 s ago" would let an empty replica be promoted.
+            state.forget_lag()
+            state.pod_uid = pod.uid
         if pod is None or pod.deleting or pod.ip is None or memory.token is None:
             state.failed_polls += 1
             state.last_error = "no pod IP to poll" if memory.token is not None else "no agent token in the Secret"
@@ -314,6 +326,8 @@ class FailoverMonitor:
             return
         state.failed_polls, state.last_error = 0, None
         state.last_heartbeat, state.answer = self.clock(), answer
+        if answer.lag_unbounded:
+            state.forget_lag()
         if answer.lag is not None:
             state.lag = answer.lag
         if answer.last_in_sync is not None:
