@@ -69,7 +69,7 @@ from typing import Final
 
 from mailshard.api.v1alpha1 import FailoverRecord, MemberRole, routed_during_failover
 from mailshard.failover.diagnose import Diagnosis, Finding, diagnose, fresh_report, lag_bound
-from mailshard.failover.liveness import Liveness
+from mailshard.failover.liveness import Liveness, MemberHealth
 from mailshard.failover.observations import (
     FORCE_PROMOTE_ANNOTATION,
     SWITCHOVER_ANNOTATION,
@@ -331,6 +331,8 @@ def promotion_refusal(
     report = fresh_report(member, health)
     if report is None or report.fenced:
         return "it is fenced"
+    if member.volume_leaving:
+        return "its mail claim is being deleted: it would come back on a new, empty volume"
     at = facts.now if master_stopped_at is None else min(facts.now, master_stopped_at)
     lag = lag_bound(member, at, resolution=facts.policy.poll_interval_seconds)
     if lag is None:
@@ -549,9 +551,9 @@ def _drive_failover(facts: ShardFacts, finding: Finding) -> Decision:
         )
 
     promoted = has_completed(progress.completed, FailoverStep.PROMOTE)
-    target_lost = target_health.liveness in (Liveness.DOWN, Liveness.SILENT)
-    if not promoted and target_lost and source_health.up:
-        return abort(f"{target_health.reason}; {source} is up and stays master")
+    unfit = None if promoted else _unfit_target(facts, progress, target_health, source_health)
+    if unfit is not None:
+        return abort(f"{unfit}; {source} stays master")
 
     step = next_step(progress.completed)
     if step is FailoverStep.FENCE_ROUTING:
@@ -649,6 +651,17 @@ def _caught_up(member: MemberFacts, since: datetime) -> bool:
     if member.lag is not None and member.lag.caught_up and member.lag.measured_at >= since:
         return True
     return member.last_in_sync is not None and member.last_in_sync >= since
+
+
+def _unfit_target(
+    facts: ShardFacts, progress: FailoverProgress, target: MemberHealth, source: MemberHealth
+) -> str | None:
+    """Why the target, not promoted yet, must not be after all while the old master can keep serving."""
+    if target.liveness in (Liveness.DOWN, Liveness.SILENT) and source.up:
+        return target.reason
+    if facts.member(progress.target).volume_leaving and (progress.planned or source.up):
+        return f"{progress.target}'s mail claim is being deleted"
+    return None
 
 
 def _still_missing(facts: ShardFacts, progress: FailoverProgress) -> str | None:

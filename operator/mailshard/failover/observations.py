@@ -107,6 +107,8 @@ class MemberFacts:
     """The most recent lag known for this member, even if its latest report had none."""
     last_in_sync: datetime | None = None
     """When this member was last known to hold everything its master had."""
+    volume_leaving: bool = False
+    """Its mail claim is being deleted or is gone: whatever it holds now, it comes back on a new, empty volume."""
 
     def __post_init__(self) -> None:
         if self.failed_polls < 0:

@@ -42,7 +42,7 @@ from mailshard.api.v1alpha1 import (
     member_names,
 )
 from mailshard.builders import Problem
-from mailshard.builders.names import pod_name
+from mailshard.builders.names import pod_name, volume_claim_name
 from mailshard.builders.status import lag_to_show, was_established
 from mailshard.failover import (
     FORCE_PROMOTE_ANNOTATION,
@@ -275,10 +275,11 @@ class FailoverMonitor:
             return settings.policy.poll_interval_seconds
         now = self.clock()
         annotations = body["metadata"].get("annotations") or {}
+        leaving = await asyncio.to_thread(self._volumes_leaving, namespace, members, memory, annotations)
         facts = ShardFacts(
             members=(
-                _facts(members[0], member_pods[members[0]], memory),
-                _facts(members[1], member_pods[members[1]], memory),
+                _facts(members[0], member_pods[members[0]], memory, members[0] in leaving),
+                _facts(members[1], member_pods[members[1]], memory, members[1] in leaving),
             ),
             recorded=memory.record,
             policy=settings.policy,
@@ -299,6 +300,30 @@ class FailoverMonitor:
         elif views_changed:
             await asyncio.to_thread(self.after_record, namespace, name, None)
         return decision.recheck_after if done else settings.policy.poll_interval_seconds
+
+    def _volumes_leaving(
+        self, namespace: str, members: Sequence[str], memory: _ShardMemory, annotations: Mapping[str, str]
+    ) -> set[str]:
+        """The members whose mail claim is being deleted or gone, read only when a promotion may be near.
+
+        A promotion is near when a human asks for one, a failover runs, or an agent stopped answering. Otherwise
+        nothing is read: a steady shard costs the API server nothing here. (A switchover asked for while the
+        target's claim was being deleted promoted it; the claim's pod then came back on an empty volume.)
+        """
+        near = (
+            SWITCHOVER_ANNOTATION in annotations
+            or FORCE_PROMOTE_ANNOTATION in annotations
+            or memory.record.failover is not None
+            or any(state.failed_polls for state in memory.members.values())
+        )
+        if not near:
+            return set()
+        leaving = set()
+        for member in members:
+            claim = self.api.get("PersistentVolumeClaim", volume_claim_name(member), namespace)
+            if claim is None or claim["metadata"].get("deletionTimestamp"):
+                leaving.add(member)
+        return leaving
 
     def _read_token(self, namespace: str, secret: str) -> str | None:
         found = self.api.get("Secret", secret, namespace)
@@ -514,7 +539,7 @@ def _parse(body: Manifest) -> MailShard | None:
         return None  # the reconciler reports an invalid spec
 
 
-def _facts(member: str, pod: PodView | None, memory: _ShardMemory) -> MemberFacts:
+def _facts(member: str, pod: PodView | None, memory: _ShardMemory, volume_leaving: bool = False) -> MemberFacts:
     state = memory.members.get(member) or _MemberMemory()
     pod_state = PodState.NOT_READY
     if pod is None or pod.deleting:
@@ -530,4 +555,5 @@ def _facts(member: str, pod: PodView | None, memory: _ShardMemory) -> MemberFact
         report=answer.report if answer is not None else None,
         lag=state.lag,
         last_in_sync=state.last_in_sync,
+        volume_leaving=volume_leaving,
     )
